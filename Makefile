@@ -1,0 +1,40 @@
+# sparsenets — developer entry points. Every target sets up what it needs first.
+PYTHON ?= python3
+VENV   := .venv
+VPY    := $(VENV)/bin/python
+STAMP  := $(VENV)/.sparsenets-setup-stamp
+TORCH_PIN := torch==2.13.0
+
+.PHONY: setup data demo test test-all bench lint clean
+
+setup: $(STAMP) data
+
+# Idempotent: the venv, the pinned CPU torch and the package are installed only when missing
+# or when pyproject.toml changed.
+$(STAMP): pyproject.toml
+	@test -x $(VPY) || $(PYTHON) -m venv $(VENV)
+	@$(VPY) -c "import sys, torch; sys.exit(torch.__version__.split('+')[0] != '2.13.0')" 2>/dev/null \
+		|| $(VPY) -m pip install --quiet $(TORCH_PIN)
+	$(VPY) -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+data:
+	@bash scripts/setup_data.sh
+
+demo: setup
+	$(VPY) -m sparsenets.cli train recipes/fashion_mnist_mlp_rigl.yaml --out runs/demo --overwrite
+
+test: setup
+	$(VPY) -m pytest -q
+
+test-all: setup
+	$(VPY) -m pytest -q -m ''
+
+bench: setup
+	$(VPY) benchmarks/dst_fashion_mnist.py
+
+lint: setup
+	$(VPY) -m ruff check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

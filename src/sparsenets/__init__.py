@@ -1,0 +1,33 @@
+"""sparsenets — sparse neural networks on PyTorch.
+
+The public API: build a :class:`DynamicSparsity` around a model and its optimizer, call
+``sparsifier.step()`` after ``loss.backward()``, and print :func:`report` for per-layer density,
+FLOPs and ITOP rate.
+"""
+
+from .allocation import allocate, allocate_counts
+from .dst import (
+    CTRE,
+    GMP,
+    MEST,
+    METHODS,
+    SET,
+    SNFS,
+    DropAndGrow,
+    DynamicSparsity,
+    GraNet,
+    Method,
+    RigL,
+    Static,
+)
+from .errors import SparsenetsError
+from .masks import MaskStore
+from .targets import find_targets
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
+    "MaskStore", "Method", "RigL", "SparsenetsError", "Static", "allocate", "allocate_counts",
+    "find_targets", "__version__",
+]

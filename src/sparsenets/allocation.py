@@ -1,0 +1,164 @@
+"""Layer-wise density allocation: how many nonzeros each sparsified layer gets.
+
+All allocations return *integer* counts whose sum equals ``round(density * total)`` exactly
+(custom allocations excepted: they fix each layer on its own). Real-valued budgets are turned into
+counts by largest-remainder rounding, so no layer is off by more than one weight from its real
+budget and the global budget holds to the weight.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+
+from .errors import SparsenetsError, check_density, choice_error
+
+Shape = tuple[int, ...]
+CustomAllocation = Mapping[str, float] | Callable[[str, Shape], float]
+
+#: Names accepted by :func:`allocate_counts` (a mapping or callable is also accepted).
+DISTRIBUTIONS = ("uniform", "er", "erk")
+
+
+def _numel(shape: Shape) -> int:
+    return math.prod(shape)
+
+
+def er_raw_density(shape: Shape) -> float:
+    """Erdős–Rényi scale (n_in + n_out) / (n_in · n_out); kernel dims ignored (Mocanu et al.)."""
+    if len(shape) < 2:
+        raise SparsenetsError(f"ER allocation needs weights with >= 2 dims, got shape {shape}")
+    n_out, n_in = shape[0], shape[1]
+    return (n_in + n_out) / (n_in * n_out)
+
+
+def erk_raw_density(shape: Shape) -> float:
+    """ER-Kernel scale sum(shape) / prod(shape) (Evci et al., RigL); equals ER for Linear."""
+    return sum(shape) / _numel(shape)
+
+
+def round_to_total(budgets: Mapping[str, float], total: int) -> dict[str, int]:
+    """Largest-remainder rounding of real budgets (summing to ``total``) to integers.
+
+    Each count is ``floor(b)`` or ``floor(b) + 1``; the counts sum to ``total``. Ties in the
+    remainder go to the earlier layer, so the result is deterministic.
+    """
+    floors = {name: math.floor(b + 1e-9) for name, b in budgets.items()}
+    missing = total - sum(floors.values())
+    order = sorted(budgets, key=lambda n: -(budgets[n] - floors[n]))
+    for name in order[: max(missing, 0)]:
+        floors[name] += 1
+    return floors
+
+
+def _scaled_budgets(shapes: Mapping[str, Shape], total: int, raw: Mapping[str, float]) -> dict[str, float]:
+    """Solve ε so that Σ min(numel, ε·raw·numel) = total; layers that would exceed 1 go dense.
+
+    This is the ERK derivation of RigL: densities are ε·raw_l; any layer whose density would be
+    above 1 is made dense and removed from the pool, and ε is solved again on the rest until no
+    density exceeds 1.
+    """
+    dense: set[str] = set()
+    while True:
+        dense_total = sum(_numel(shapes[n]) for n in dense)
+        pool = [n for n in shapes if n not in dense]
+        denom = sum(raw[n] * _numel(shapes[n]) for n in pool)
+        if not pool or denom == 0:
+            return {n: float(_numel(shapes[n])) for n in shapes}
+        eps = (total - dense_total) / denom
+        over = [n for n in pool if eps * raw[n] > 1.0]
+        if not over:
+            budgets = {n: float(_numel(shapes[n])) for n in dense}
+            budgets.update({n: eps * raw[n] * _numel(shapes[n]) for n in pool})
+            return {n: budgets[n] for n in shapes}
+        dense.add(max(over, key=lambda n: raw[n]))
+
+
+def allocate_counts(
+    shapes: Mapping[str, Shape],
+    density: float,
+    distribution: str | CustomAllocation = "erk",
+) -> dict[str, int]:
+    """Number of active weights per layer.
+
+    Args:
+        shapes: ``{name: weight shape}`` of the sparsified layers, e.g. ``{"fc1.weight": (300, 784)}``.
+        density: global density in (0, 1] over these layers.
+        distribution: ``"uniform"``, ``"er"``, ``"erk"``, a ``{name: density}`` mapping covering
+            every layer, or a callable ``(name, shape) -> density``.
+
+    Returns:
+        ``{name: nnz}``. For uniform/ER/ERK the counts sum to ``round(density * total)`` exactly.
+    """
+    density = check_density(density)
+    if not shapes:
+        raise SparsenetsError("allocation needs at least one layer")
+    total = round(density * sum(_numel(s) for s in shapes.values()))
+    if isinstance(distribution, str):
+        key = distribution.lower()
+        if key == "uniform":
+            budgets = _scaled_budgets(shapes, total, {n: 1.0 for n in shapes})
+        elif key == "er":
+            budgets = _scaled_budgets(shapes, total, {n: er_raw_density(s) for n, s in shapes.items()})
+        elif key == "erk":
+            budgets = _scaled_budgets(shapes, total, {n: erk_raw_density(s) for n, s in shapes.items()})
+        else:
+            raise choice_error("distribution", distribution, DISTRIBUTIONS + ("<dict of densities>",))
+        return round_to_total(budgets, total)
+    return _custom_counts(shapes, distribution)
+
+
+def _custom_counts(shapes: Mapping[str, Shape], custom: CustomAllocation) -> dict[str, int]:
+    if callable(custom):
+        densities = {n: custom(n, s) for n, s in shapes.items()}
+    elif isinstance(custom, Mapping):
+        missing = [n for n in shapes if n not in custom]
+        unknown = [n for n in custom if n not in shapes]
+        if missing or unknown:
+            raise SparsenetsError(
+                f"custom densities must name exactly the sparsified layers "
+                f"(missing: {missing}, unknown: {unknown}; layers: {list(shapes)})"
+            )
+        densities = dict(custom)
+    else:
+        raise choice_error("distribution", custom, DISTRIBUTIONS + ("<dict of densities>",))
+    return {
+        n: round(check_density(densities[n], f"density of {n}") * _numel(s))
+        for n, s in shapes.items()
+    }
+
+
+def allocate(
+    shapes: Mapping[str, Shape],
+    density: float,
+    distribution: str | CustomAllocation = "erk",
+) -> dict[str, float]:
+    """Per-layer densities (``nnz / numel``) of :func:`allocate_counts`."""
+    counts = allocate_counts(shapes, density, distribution)
+    return {n: counts[n] / _numel(shapes[n]) for n in shapes}
+
+
+def proportional_counts(total: int, weights: Mapping[str, float], caps: Mapping[str, int]) -> dict[str, int]:
+    """Split ``total`` into integers ∝ ``weights``, none above its cap, summing to the total.
+
+    Layers that would exceed their cap are filled to it and the rest is split again among the
+    others (used by SNFS to redistribute regrowth across layers). If the caps sum to less than
+    ``total``, every layer gets its cap.
+    """
+    total = min(total, sum(caps.values()))
+    full: dict[str, int] = {}
+    while True:
+        rest = [n for n in weights if n not in full]
+        remaining = total - sum(full.values())
+        weight_sum = sum(max(weights[n], 0.0) for n in rest)
+        if weight_sum <= 0:
+            shares = {n: remaining * caps[n] / max(sum(caps[m] for m in rest), 1) for n in rest}
+        else:
+            shares = {n: remaining * max(weights[n], 0.0) / weight_sum for n in rest}
+        over = [n for n in rest if shares[n] > caps[n]]
+        if not over:
+            counts = round_to_total(shares, remaining)
+            counts.update(full)
+            return {n: counts[n] for n in weights}
+        for name in over:
+            full[name] = caps[name]

@@ -1,0 +1,181 @@
+"""Fixed-budget dynamic sparse training presets: Static, SET, RigL, SNFS, MEST, CTRE.
+
+Each preset only says how it scores drops and growth; the loop is
+:class:`~sparsenets.dst.base.DropAndGrow`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
+
+import torch
+
+from ..allocation import proportional_counts
+from ..errors import SparsenetsError
+from ..select import select_topk
+from ..scores import (
+    activation_cosine_similarity,
+    gradient_magnitude,
+    mest_drop_score,
+    random_scores,
+)
+from .base import DropAndGrow, Grads, Method
+
+if TYPE_CHECKING:
+    from .sparsifier import DynamicSparsity
+
+
+@dataclass(frozen=True)
+class Static(Method):
+    """Static sparse training: the initial (random, allocated) mask never changes."""
+
+    name: ClassVar[str] = "static"
+
+
+@dataclass(frozen=True)
+class SET(DropAndGrow):
+    """Sparse Evolutionary Training (Mocanu et al., 2018): drop by |w|, grow at random."""
+
+    name: ClassVar[str] = "set"
+
+    def grow_score(self, ctx, name, grads, gen, n_grow):
+        return random_scores(ctx.masks[name].shape, gen, ctx.device)
+
+
+@dataclass(frozen=True)
+class RigL(DropAndGrow):
+    """RigL (Evci et al., 2020): drop by |w|, grow by |∂L/∂w| of the dense gradient."""
+
+    name: ClassVar[str] = "rigl"
+    needs_dense_grad: ClassVar[bool] = True
+
+    def grow_score(self, ctx, name, grads, gen, n_grow):
+        return gradient_magnitude(grads[name])
+
+
+@dataclass(frozen=True)
+class SNFS(DropAndGrow):
+    """Sparse momentum (Dettmers & Zettlemoyer, 2019).
+
+    Drops by |w| in every layer, then redistributes the total regrowth across layers in
+    proportion to each layer's mean |momentum| over its active weights, and grows by |momentum|.
+    The momentum is an exponential average of the *dense* gradient, kept by the sparsifier
+    (``buffers["snfs_momentum/<name>"]``) because the optimizer only sees masked gradients.
+    The global nnz is exact; per-layer nnz changes.
+
+    Args:
+        momentum: β of the dense-gradient momentum.
+    """
+
+    name: ClassVar[str] = "snfs"
+    momentum: float = 0.9
+
+    def attach(self, ctx):
+        for name, param in ctx.params.items():
+            ctx.buffers.setdefault(f"snfs_momentum/{name}", torch.zeros_like(param, memory_format=torch.contiguous_format))
+
+    @torch.no_grad()
+    def observe(self, ctx, step):
+        for name, param in ctx.params.items():
+            if param.grad is not None:
+                ctx.buffers[f"snfs_momentum/{name}"].mul_(self.momentum).add_(param.grad)
+
+    def grow_score(self, ctx, name, grads, gen, n_grow):
+        return ctx.buffers[f"snfs_momentum/{name}"].abs()
+
+    def grow_counts(self, ctx, drop_counts, grads):
+        weights, caps = {}, {}
+        for name, mask in ctx.masks.items():
+            momentum = ctx.buffers[f"snfs_momentum/{name}"].abs()
+            active = int(mask.sum())
+            weights[name] = float(momentum[mask].mean()) if active else 0.0
+            caps[name] = mask.numel() - active
+        return proportional_counts(sum(drop_counts.values()), weights, caps)
+
+
+@dataclass(frozen=True)
+class MEST(DropAndGrow):
+    """MEST elastic mutation (Yuan et al., 2021): drop by |w| + λ|∂L/∂w|, grow at random.
+
+    Only the gradient at active positions is used, so no dense gradient is needed.
+
+    Args:
+        grad_weight: λ (unverified in the paper's text; 1.0 here, a parameter).
+    """
+
+    name: ClassVar[str] = "mest"
+    grad_weight: float = 1.0
+
+    def drop_score(self, ctx, name, grads):
+        return mest_drop_score(ctx.params[name], ctx.params[name].grad, self.grad_weight)
+
+    def grow_score(self, ctx, name, grads, gen, n_grow):
+        return random_scores(ctx.masks[name].shape, gen, ctx.device)
+
+
+@dataclass(frozen=True)
+class CTRE(DropAndGrow):
+    """Cosine-similarity topology evolution (Atashgahi et al., CTRE): no dense gradient.
+
+    Grows the connections between the neurons whose activations over the last training batch
+    before the update are most alike: |cos(y_i, x_j)| for output neuron i and input neuron j
+    (conv: channels, activations averaged over space). A fraction of the growth is random
+    exploration. Activations are captured by forward hooks only on the forward pass that precedes
+    an update step.
+
+    Args:
+        random_fraction: share of the grown weights chosen at random (unverified default 0.2).
+        absolute: rank by |cos| (True) or by signed cosine.
+    """
+
+    name: ClassVar[str] = "ctre"
+    random_fraction: float = 0.2
+    absolute: bool = True
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.random_fraction <= 1.0:
+            raise SparsenetsError(f"random_fraction must be in [0, 1], got {self.random_fraction}")
+
+    def attach(self, ctx):
+        for name in ctx.params:
+            module = ctx.model.get_submodule(name.rpartition(".")[0])
+            ctx.add_forward_hook(module, _CosineCapture(ctx, self, name))
+
+    def grow_score(self, ctx, name, grads, gen, n_grow):
+        mask = ctx.masks[name]
+        noise = random_scores(mask.shape, gen, ctx.device)
+        similarity = ctx.transient.pop(f"ctre/{name}", None)
+        if similarity is None:
+            return noise
+        while similarity.dim() < mask.dim():
+            similarity = similarity.unsqueeze(-1)
+        similarity = similarity.expand(mask.shape)
+        if self.absolute:
+            similarity = similarity.abs()
+        # The top (1 - random_fraction)·n_grow inactive positions by similarity outrank all
+        # others (score > 1); the rest of the growth goes to the highest noise, i.e. at random.
+        n_similar = n_grow - round(self.random_fraction * n_grow)
+        by_similarity = select_topk(similarity, n_similar, ~mask, generator=gen)
+        return torch.where(by_similarity, 2.0, noise)
+
+
+class _CosineCapture:
+    """Forward hook storing CTRE's (n_out, n_in) activation similarity before an update step."""
+
+    def __init__(self, ctx: DynamicSparsity, method: CTRE, name: str):
+        self.ctx, self.method, self.name = ctx, method, name
+
+    @torch.no_grad()
+    def __call__(self, module, inputs, output):
+        if not module.training or not self.method.is_update(self.ctx, self.ctx.step_count + 1):
+            return
+        x, y = inputs[0], output
+        if x.dim() > 2 and isinstance(module, torch.nn.modules.conv._ConvNd):
+            x = x.flatten(2).mean(-1)  # (B, C_in)
+            y = y.flatten(2).mean(-1)  # (B, C_out)
+        else:
+            x = x.reshape(-1, x.shape[-1])  # (tokens, n_in)
+            y = y.reshape(-1, y.shape[-1])  # (tokens, n_out)
+        self.ctx.transient[f"ctre/{self.name}"] = activation_cosine_similarity(x, y)

@@ -1,0 +1,48 @@
+"""Keeping optimizer state consistent with masks (SGD momentum, Adam/AdamW moments, …).
+
+Per-element state is every tensor in ``optimizer.state[param]`` with the parameter's shape
+(``momentum_buffer``, ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq``, …); scalar state such as
+Adam's ``step`` is shared by the whole tensor and left alone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import torch
+from torch import nn
+
+from .errors import SparsenetsError
+
+
+def check_optimizer_covers(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> None:
+    """Raise if a sparsified parameter is not optimized by ``optimizer``."""
+    owned = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    missing = [name for name, p in params.items() if id(p) not in owned]
+    if missing:
+        raise SparsenetsError(f"the optimizer does not hold the sparsified parameters {missing}")
+
+
+@torch.no_grad()
+def mask_gradients_(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> None:
+    """Zero the gradients at inactive positions (in place), so no state builds up there."""
+    for name, param in params.items():
+        if param.grad is not None:
+            param.grad.mul_(masks[name])
+
+
+def per_element_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Iterable[torch.Tensor]:
+    """The optimizer's state tensors for ``param`` that have one entry per weight."""
+    state = optimizer.state.get(param, {})
+    return [v for v in state.values() if isinstance(v, torch.Tensor) and v.shape == param.shape]
+
+
+@torch.no_grad()
+def reset_state_(optimizer: torch.optim.Optimizer, param: nn.Parameter, positions: torch.Tensor) -> None:
+    """Zero the per-element optimizer state of ``param`` at ``positions`` (bool, param's shape).
+
+    Used for dropped weights (their moments must not revive them) and for regrown weights (they
+    start with fresh state).
+    """
+    for tensor in per_element_state(optimizer, param):
+        tensor.masked_fill_(positions, 0)
