@@ -22,12 +22,13 @@ from .dst import (
 )
 from .errors import SparsenetsError
 from .masks import MaskStore
+from .report import LayerReport, Report, report
 from .targets import find_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
-    "MaskStore", "Method", "RigL", "SparsenetsError", "Static", "allocate", "allocate_counts",
-    "find_targets", "__version__",
+    "LayerReport", "MaskStore", "Method", "Report", "RigL", "SparsenetsError", "Static", "allocate", "allocate_counts",
+    "find_targets", "report", "__version__",
 ]

@@ -37,9 +37,13 @@ class MaskStore(Mapping[str, torch.Tensor]):
         self._ever_active: dict[str, torch.Tensor] = {
             name: m.clone() for name, m in self._masks.items()
         }
+        # Float copies of the masks per dtype: multiplying by a float mask is ~100x faster
+        # than by a bool mask on CPU. Invalidated whenever a mask changes.
+        self._multipliers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
 
     # -- Mapping interface -------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
+        """The current mask of ``name`` (read it, do not edit it in place: use :meth:`set`)."""
         try:
             return self._masks[name]
         except KeyError:
@@ -69,24 +73,40 @@ class MaskStore(Mapping[str, torch.Tensor]):
             raise SparsenetsError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, expected {self._shapes[name]}"
             )
-        mask = mask.to(self._device)
+        mask = mask.to(self._device, copy=True)  # a private copy: callers may edit theirs
         self._masks[name] = mask
         self._ever_active[name] |= mask
+        for key in [k for k in self._multipliers if k[0] == name]:
+            del self._multipliers[key]
 
     def to(self, device: torch.device | str) -> MaskStore:
         """Move every mask to ``device`` (in place); returns ``self``."""
         self._device = torch.device(device)
         self._masks = {n: m.to(self._device) for n, m in self._masks.items()}
         self._ever_active = {n: m.to(self._device) for n, m in self._ever_active.items()}
+        self._multipliers.clear()
         return self
 
     # -- applying ----------------------------------------------------------------------------
+    def multiplier(self, name: str, dtype: torch.dtype) -> torch.Tensor:
+        """The mask of ``name`` as 0/1 values of ``dtype`` (cached until the mask changes)."""
+        key = (name, dtype)
+        cached = self._multipliers.get(key)
+        if cached is None:
+            cached = self._multipliers[key] = self[name].to(dtype)
+        return cached
+
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
         """Zero the weights of ``model`` at inactive positions (in place)."""
-        params = dict(model.named_parameters())
-        for name, mask in self._masks.items():
-            params[name].mul_(mask)
+        self.apply_to_(dict(model.named_parameters()))
+
+    @torch.no_grad()
+    def apply_to_(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Zero ``params[name]`` at inactive positions for every masked name (in place)."""
+        for name in self._masks:
+            param = params[name]
+            param.mul_(self.multiplier(name, param.dtype))
 
     # -- measuring ---------------------------------------------------------------------------
     @property
@@ -97,8 +117,8 @@ class MaskStore(Mapping[str, torch.Tensor]):
     def nnz(self, name: str | None = None) -> int:
         """Active positions in one layer, or in all masked layers when ``name`` is None."""
         if name is not None:
-            return int(self[name].sum())
-        return sum(int(m.sum()) for m in self._masks.values())
+            return int(torch.count_nonzero(self[name]))
+        return sum(int(torch.count_nonzero(m)) for m in self._masks.values())
 
     def numel(self, name: str | None = None) -> int:
         """Positions in one layer, or in all masked layers."""

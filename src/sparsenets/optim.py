@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
+from .masks import MaskStore
 
 
 def check_optimizer_covers(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> None:
@@ -24,11 +25,11 @@ def check_optimizer_covers(optimizer: torch.optim.Optimizer, params: Mapping[str
 
 
 @torch.no_grad()
-def mask_gradients_(params: Mapping[str, nn.Parameter], masks: Mapping[str, torch.Tensor]) -> None:
+def mask_gradients_(params: Mapping[str, nn.Parameter], masks: MaskStore) -> None:
     """Zero the gradients at inactive positions (in place), so no state builds up there."""
     for name, param in params.items():
         if param.grad is not None:
-            param.grad.mul_(masks[name])
+            param.grad.mul_(masks.multiplier(name, param.grad.dtype))
 
 
 def per_element_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Iterable[torch.Tensor]:

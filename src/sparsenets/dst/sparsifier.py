@@ -123,6 +123,10 @@ class DynamicSparsity:
         for name, param in self.params.items():
             reset_state_(self.optimizer, param, ~self.masks[name])
 
+    def initial_density(self) -> float:
+        """Global density at step 0 (1.0 for dense-to-sparse methods)."""
+        return sum(self.initial_counts.values()) / self.masks.numel()
+
     def generator(self, step: int, *index: int) -> torch.Generator:
         """The CPU generator for a random choice at ``step`` (derived from the seed)."""
         return make_generator(self.seed, step, *index)
@@ -145,6 +149,11 @@ class DynamicSparsity:
         """
         self.step_count += 1
         step = self.step_count
+        first = next(iter(self.params.values()))
+        if first.device != self.device:  # the model was moved after construction
+            self.device = first.device
+            self.masks.to(self.device)
+            self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
         due = self.method.is_update(self, step)
         grads = None
         if due and self.method.needs_dense_grad:
@@ -159,7 +168,7 @@ class DynamicSparsity:
         self.method.observe(self, step)
         mask_gradients_(self.params, self.masks)
         result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
-        self.masks.apply_(self.model)
+        self.masks.apply_to_(self.params)
         if due:
             started = time.perf_counter()
             self._update_topology(step, grads)
@@ -211,7 +220,7 @@ class DynamicSparsity:
             param.copy_(torch.where(grown, values.to(param.device, param.dtype), param))
         else:
             param.masked_fill_(grown, 0)
-        param.mul_(new_mask)
+        param.mul_(self.masks.multiplier(name, param.dtype))
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

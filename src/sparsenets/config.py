@@ -1,0 +1,223 @@
+"""Typed training configs: recipes (YAML) and ``--set key=value`` overrides are parsed here only.
+
+Unknown keys and invalid values are rejected with a one-line :class:`SparsenetsError` naming the
+key, the value and what would be valid.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+
+from .allocation import DISTRIBUTIONS
+from .data import DATASETS
+from .dst.registry import METHODS, method_options
+from .errors import SparsenetsError, check_density, choice_error
+from .models import MODELS
+
+#: ``sparsity.method`` values: ``dense`` trains without a sparsifier.
+TRAIN_METHODS = ("dense", *METHODS)
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_SCHEDULES = ("cosine", "constant")
+
+
+class SparsityConfig(BaseModel):
+    """The ``sparsity:`` block. Keys beyond the generic ones are the method's hyperparameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    method: str = "rigl"
+    density: float = 0.1
+    distribution: str | dict[str, float] = "erk"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    dense_first: bool = False
+    dense_last: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, value: str) -> str:
+        if value.lower() not in TRAIN_METHODS:
+            raise choice_error("method", value, TRAIN_METHODS)
+        return value.lower()
+
+    @field_validator("density")
+    @classmethod
+    def _density(cls, value: float) -> float:
+        return check_density(value, "sparsity.density")
+
+    @field_validator("distribution")
+    @classmethod
+    def _distribution(cls, value: str | dict[str, float]) -> str | dict[str, float]:
+        if isinstance(value, str) and value.lower() not in DISTRIBUTIONS:
+            raise choice_error("distribution", value, DISTRIBUTIONS)
+        return value.lower() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _method_options(self) -> SparsityConfig:
+        extra = dict(self.model_extra or {})
+        if self.method == "dense":
+            valid: tuple[str, ...] = ()
+        else:
+            valid = method_options(self.method)
+        for key in extra:
+            if key not in valid:
+                generic = [k for k in SparsityConfig.model_fields]
+                raise SparsenetsError(
+                    f"unknown recipe key 'sparsity.{key}' for method {self.method!r} "
+                    f"(valid: {', '.join(generic + list(valid))})"
+                )
+        return self
+
+    @property
+    def options(self) -> dict[str, Any]:
+        """The method hyperparameters set in the recipe."""
+        return dict(self.model_extra or {})
+
+
+class TrainConfig(BaseModel):
+    """A training recipe: data, model, optimizer, schedule and sparsity."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = "run"
+    dataset: str = "fashion_mnist"
+    data_dir: str | None = None
+    model: str = "mlp"
+    hidden: list[int] = [1024, 512]
+    activation: str = "relu"
+    channels: list[int] = [32, 64]
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+    label_smoothing: float = 0.0
+    seed: int = 0
+    device: str = "auto"
+    threads: int | None = None
+    sparsity: SparsityConfig = SparsityConfig()
+
+    @field_validator("dataset")
+    @classmethod
+    def _dataset(cls, value: str) -> str:
+        if value not in DATASETS:
+            raise choice_error("dataset", value, DATASETS)
+        return value
+
+    @field_validator("model")
+    @classmethod
+    def _model(cls, value: str) -> str:
+        if value not in MODELS:
+            raise choice_error("model", value, MODELS)
+        return value
+
+    @field_validator("epochs", "batch_size")
+    @classmethod
+    def _positive(cls, value: int) -> int:
+        if value < 1:
+            raise ValueError(f"must be a positive integer, got {value}")
+        return value
+
+    @field_validator("lr")
+    @classmethod
+    def _lr(cls, value: float) -> float:
+        if value <= 0:
+            raise ValueError(f"must be > 0, got {value}")
+        return value
+
+    def model_options(self) -> dict[str, Any]:
+        """Keyword options for :func:`sparsenets.models.build_model`."""
+        if self.model == "mlp":
+            return {"hidden": tuple(self.hidden), "activation": self.activation}
+        return {"channels": tuple(self.channels), "hidden": self.hidden[0] if self.hidden else 128}
+
+    def to_yaml(self) -> str:
+        """The resolved config as YAML (method options inlined in ``sparsity``)."""
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False)
+
+
+# -- parsing at the edge ---------------------------------------------------------------------
+def _one_line(error: ValidationError) -> SparsenetsError:
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        valid = ", ".join(TrainConfig.model_fields)
+        return SparsenetsError(f"unknown recipe key {loc!r} (valid: {valid})")
+    message = first["msg"].removeprefix("Value error, ")
+    bad = first.get("input")
+    where = f"recipe key {loc!r}" if loc else "recipe"
+    return SparsenetsError(f"invalid value {bad!r} for {where}: {message}")
+
+
+def build_config(data: Mapping[str, Any]) -> TrainConfig:
+    """Validate a plain dict (from YAML) into a :class:`TrainConfig` (one-line errors)."""
+    if not isinstance(data, Mapping):
+        raise SparsenetsError(f"a recipe must be a mapping of keys to values, got {type(data).__name__}")
+    try:
+        return TrainConfig.model_validate(dict(data))
+    except ValidationError as error:
+        cause = error.errors()[0].get("ctx", {}).get("error")
+        if isinstance(cause, SparsenetsError):
+            raise SparsenetsError(str(cause)) from None
+        raise _one_line(error) from None
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"sparsity.density=0.05"`` → ``(["sparsity", "density"], 0.05)`` (value read as YAML)."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key.strip():
+        raise SparsenetsError(f"--set expects KEY=VALUE (e.g. sparsity.density=0.05), got {item!r}")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``--set`` overrides applied (nested keys with dots)."""
+    result = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for item in overrides:
+        path, value = parse_override(item)
+        node = result
+        for part in path[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                raise SparsenetsError(f"cannot set {item!r}: {part!r} is not a mapping")
+            node = child
+        node[path[-1]] = value
+    return result
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping safely; a missing or malformed file gives a one-line error."""
+    path = Path(path)
+    if not path.is_file():
+        hint = ""
+        recipes = sorted(p.name for p in Path("recipes").glob("*.yaml")) if Path("recipes").is_dir() else []
+        if recipes:
+            hint = f" (recipes here: {', '.join(recipes)})"
+        raise SparsenetsError(f"recipe file {str(path)!r} not found{hint}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise SparsenetsError(f"recipe {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise SparsenetsError(f"recipe {str(path)!r} must be a mapping of keys to values")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: Iterable[str] = ()) -> TrainConfig:
+    """Read a recipe file, apply ``--set`` overrides, validate. ``name`` defaults to the file stem."""
+    data = read_yaml(path)
+    data.setdefault("name", Path(path).stem)
+    return build_config(apply_overrides(data, overrides))

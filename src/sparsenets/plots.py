@@ -1,0 +1,83 @@
+"""PNG plots of a training run: accuracy vs epoch, per-layer density, ITOP rate vs step."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from .io import atomic_path
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+    return path
+
+
+def plot_accuracy(epochs: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Train and test accuracy per epoch from the per-epoch metric records."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    xs = [e["epoch"] for e in epochs]
+    ax.plot(xs, [e["train_accuracy"] for e in epochs], marker="o", label="train")
+    ax.plot(xs, [e["test_accuracy"] for e in epochs], marker="s", label="test")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("accuracy")
+    ax.set_title(title or "accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_layer_density(layers: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
+    """Bar chart of the final density of each sparsified layer (with its ITOP rate if known)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(max(5, 1.1 * len(layers) + 2), 4))
+    names = [layer["name"] for layer in layers]
+    positions = range(len(names))
+    ax.bar(positions, [layer["density"] for layer in layers], label="density", color="tab:blue")
+    itop = [layer.get("itop_rate") for layer in layers]
+    if all(v is not None for v in itop):
+        ax.scatter(positions, itop, color="tab:orange", zorder=3, label="ITOP rate")
+    ax.set_xticks(list(positions), names, rotation=30, ha="right")
+    ax.set_ylabel("fraction of weights")
+    ax.set_ylim(0, 1.05)
+    ax.set_title(title or "per-layer density")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)
+
+
+def plot_itop(history: Sequence[Mapping[str, Any]], initial_density: float, path: str | Path, title: str = "") -> Path:
+    """Global ITOP rate (ever-active fraction) and churn after each topology update."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    steps = [0] + [h["step"] for h in history]
+    ax.plot(steps, [initial_density] + [h["itop_rate"] for h in history], marker=".", label="ITOP rate")
+    if history:
+        ax.plot(steps[1:], [h["churn"] for h in history], linestyle="--", label="churn per update")
+    ax.set_xlabel("step")
+    ax.set_ylabel("fraction")
+    ax.set_title(title or "in-time over-parameterization")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    try:
+        return _save(fig, Path(path))
+    finally:
+        plt.close(fig)

@@ -1,0 +1,332 @@
+"""The training tool behind ``sparsenets train``: a run directory with metrics, checkpoint, plots.
+
+Run directory layout::
+
+    config.yaml        the resolved recipe
+    metrics.jsonl      one JSON record per epoch
+    summary.json       final test accuracy, per-layer density, ITOP rate, FLOPs, wall time
+    checkpoint/        model.safetensors, masks.safetensors, state.pt (optimizer, LR schedule,
+                       sparsifier, RNG, epoch); ``--resume`` continues from it exactly
+    accuracy.png, layer_density.png, itop.png
+
+Every random choice derives from the recipe's seed (model init, per-epoch shuffling, topology
+updates), so a resumed run produces exactly the weights of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import TrainConfig, build_config, read_yaml
+from .data import Dataset, batches, load_dataset
+from .dst import DynamicSparsity
+from .errors import SparsenetsError
+from .io import load_tensors, load_torch, replace_dir, save_tensors, save_torch, write_json, write_text
+from .models import build_model
+from .plots import plot_accuracy, plot_itop, plot_layer_density
+from .report import report
+from .rng import generator
+
+log = logging.getLogger(__name__)
+
+EVAL_BATCH = 1000
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; otherwise the named device (validated)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise SparsenetsError(f"unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SparsenetsError(f"device {name!r} requested but CUDA is not available (use auto or cpu)")
+    return device
+
+
+@dataclass
+class Trainer:
+    """Everything a run holds: built deterministically from a config."""
+
+    config: TrainConfig
+    device: torch.device
+    data: Dataset
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    sparsifier: DynamicSparsity | None
+    steps_per_epoch: int
+
+    @classmethod
+    def build(cls, config: TrainConfig) -> Trainer:
+        device = resolve_device(config.device)
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        data = load_dataset(config.dataset, data_dir=config.data_dir)
+        torch.manual_seed(config.seed)
+        model = build_model(config.model, data.input_shape, data.num_classes, **config.model_options())
+        model.to(device)
+        optimizer = make_optimizer(config, model)
+        steps_per_epoch = math.ceil(len(data.y_train) / config.batch_size)
+        total_steps = steps_per_epoch * config.epochs
+        scheduler = make_scheduler(config, optimizer, total_steps)
+        sparsifier = None
+        spec = config.sparsity
+        if spec.method != "dense":
+            sparsifier = DynamicSparsity(
+                model,
+                optimizer,
+                density=spec.density,
+                total_steps=total_steps,
+                method=spec.method,
+                distribution=spec.distribution,
+                seed=config.seed,
+                include=spec.include,
+                exclude=spec.exclude,
+                dense_first=spec.dense_first,
+                dense_last=spec.dense_last,
+                **spec.options,
+            )
+        return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch)
+
+    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
+        """One pass over the training set in an order derived from (seed, epoch)."""
+        cfg, model = self.config, self.model
+        model.train()
+        x = self.data.x_train.to(self.device)
+        y = self.data.y_train.to(self.device)
+        order = generator(cfg.seed, epoch, 11)
+        total_loss, correct, seen = 0.0, 0, 0
+        bar = tqdm(
+            batches(x, y, cfg.batch_size, shuffle=True, generator=order),
+            total=self.steps_per_epoch,
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            leave=False,
+            disable=None if progress else True,  # None: off when stderr is not a terminal
+        )
+        for xb, yb in bar:
+            self.optimizer.zero_grad(set_to_none=True)
+            logits = model(xb)
+            loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+            loss.backward()
+            if self.sparsifier is not None:
+                self.sparsifier.step()
+            else:
+                self.optimizer.step()
+            self.scheduler.step()
+            total_loss += loss.item() * len(yb)
+            correct += int((logits.argmax(1) == yb).sum())
+            seen += len(yb)
+            bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
+
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float]:
+        """Loss and accuracy on the test set."""
+        self.model.eval()
+        total_loss, correct = 0.0, 0
+        x, y = self.data.x_test, self.data.y_test
+        for start in range(0, len(y), EVAL_BATCH):
+            xb = x[start : start + EVAL_BATCH].to(self.device)
+            yb = y[start : start + EVAL_BATCH].to(self.device)
+            logits = self.model(xb)
+            total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
+            correct += int((logits.argmax(1) == yb).sum())
+        return {"test_loss": total_loss / len(y), "test_accuracy": correct / len(y)}
+
+    # -- checkpoint --------------------------------------------------------------------------
+    def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
+        """Write the checkpoint directory atomically (a crash leaves the previous one intact)."""
+
+        def fill(tmp: Path) -> None:
+            save_tensors(tmp / "model.safetensors", self.model.state_dict())
+            extra: dict[str, Any] = {
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "torch_rng": torch.get_rng_state(),
+                **state,
+            }
+            if self.sparsifier is not None:
+                sparse_state = self.sparsifier.state_dict()
+                save_tensors(tmp / "masks.safetensors", sparse_state.pop("masks"))
+                extra["sparsifier"] = sparse_state
+            save_torch(tmp / "state.pt", extra)
+
+        replace_dir(path, fill)
+
+    def load_checkpoint(self, path: Path) -> dict[str, Any]:
+        """Restore model, optimizer, schedule, sparsifier and RNG; returns the run state."""
+        if not (path / "state.pt").is_file():
+            raise SparsenetsError(f"no checkpoint in {str(path)!r} (expected {path / 'state.pt'})")
+        self.model.load_state_dict(load_tensors(path / "model.safetensors", self.device))
+        extra = load_torch(path / "state.pt", self.device)
+        self.optimizer.load_state_dict(extra.pop("optimizer"))
+        self.scheduler.load_state_dict(extra.pop("scheduler"))
+        torch.set_rng_state(extra.pop("torch_rng").cpu())
+        if self.sparsifier is not None:
+            sparse_state = extra.pop("sparsifier")
+            sparse_state["masks"] = load_tensors(path / "masks.safetensors", self.device)
+            self.sparsifier.load_state_dict(sparse_state)
+        return extra
+
+
+def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD (with momentum, Nesterov off), Adam or AdamW from the config."""
+    params = model.parameters()
+    if config.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+    if config.optimizer == "adam":
+        return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
+
+
+def make_scheduler(config: TrainConfig, optimizer, total_steps: int) -> torch.optim.lr_scheduler.LRScheduler:
+    """Per-step learning-rate schedule: cosine decay to 0 over the run, or constant."""
+    if config.lr_schedule == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    )
+
+
+def check_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Refuse to mix a new run into a non-empty directory unless ``overwrite``."""
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise SparsenetsError(
+            f"run directory {str(run_dir)!r} is not empty (use --overwrite, or --resume {run_dir})"
+        )
+
+
+def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+    """Create the run directory, clearing an earlier run's files when ``overwrite``."""
+    check_run_dir(run_dir, overwrite)
+    if run_dir.exists():
+        for name in ("metrics.jsonl", "summary.json", "config.yaml"):
+            (run_dir / name).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
+
+
+def run_training(
+    config: TrainConfig,
+    run_dir: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stop_after_epochs: int | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``config`` in ``run_dir`` and return the summary dict.
+
+    Args:
+        resume: continue from ``run_dir/checkpoint`` (the config must be the run's own).
+        overwrite: reuse a non-empty run directory for a fresh run.
+        stop_after_epochs: stop (with a checkpoint) after this many epochs in this call, as an
+            interruption would; a later ``resume=True`` call finishes the run.
+        progress: show a progress bar per epoch.
+    """
+    run_dir = Path(run_dir)
+    if not resume:
+        check_run_dir(run_dir, overwrite)
+    trainer = Trainer.build(config)  # validates data, device and sparsity before anything is written
+    if not resume:
+        prepare_run_dir(run_dir, overwrite)
+    write_text(run_dir / "config.yaml", config.to_yaml())
+    state: dict[str, Any] = {"epoch": 0, "epochs": [], "train_seconds": 0.0, "wall_seconds": 0.0}
+    if resume:
+        state = trainer.load_checkpoint(run_dir / "checkpoint")
+        log.info("resuming %s from epoch %d", run_dir, state["epoch"])
+    epochs_this_call = 0
+    while state["epoch"] < config.epochs:
+        if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
+            break
+        epoch = state["epoch"] + 1
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch, progress)}
+        state["train_seconds"] += time.perf_counter() - t0
+        record.update(trainer.evaluate())
+        record["lr"] = trainer.optimizer.param_groups[0]["lr"]
+        if trainer.sparsifier is not None:
+            record["density"] = trainer.sparsifier.masks.density()
+            record["itop_rate"] = trainer.sparsifier.masks.itop_rate()
+        record["train_seconds"] = state["train_seconds"]
+        state["epoch"] = epoch
+        state["epochs"] = [*state["epochs"], record]
+        state["wall_seconds"] += time.perf_counter() - t0
+        trainer.save_checkpoint(run_dir / "checkpoint", state)
+        write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in state["epochs"]))
+        epochs_this_call += 1
+        log.info(
+            "epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f",
+            epoch, config.epochs, record["train_loss"], record["train_accuracy"], record["test_accuracy"],
+        )
+    if state["epoch"] < config.epochs:
+        return {"finished": False, "epoch": state["epoch"], "run_dir": str(run_dir)}
+    summary = make_summary(trainer, state, run_dir)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _json_line(record: dict[str, Any]) -> str:
+    return json.dumps(record) + "\n"
+
+
+def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Final numbers of a finished run, and its plots."""
+    config, sparsifier = trainer.config, trainer.sparsifier
+    example = trainer.data.x_test[:1].to(trainer.device)
+    rep = report(trainer.model, sparsifier, example_input=example)
+    last = state["epochs"][-1]
+    topology_seconds = sparsifier.update_seconds if sparsifier is not None else 0.0
+    rep_dict = rep.to_dict()
+    plots = {
+        "accuracy": str(plot_accuracy(state["epochs"], run_dir / "accuracy.png", config.name)),
+        "layer_density": str(plot_layer_density(rep_dict["layers"], run_dir / "layer_density.png", config.name)),
+    }
+    if sparsifier is not None:
+        plots["itop"] = str(
+            plot_itop(sparsifier.history, sparsifier.initial_density(), run_dir / "itop.png", config.name)
+        )
+    return {
+        "name": config.name,
+        "method": config.sparsity.method,
+        "target_density": config.sparsity.density if sparsifier is not None else 1.0,
+        "dataset": config.dataset,
+        "model": config.model,
+        "epochs": state["epoch"],
+        "test_accuracy": last["test_accuracy"],
+        "best_test_accuracy": max(e["test_accuracy"] for e in state["epochs"]),
+        "train_accuracy": last["train_accuracy"],
+        "density": rep_dict["totals"]["density"],
+        "itop_rate": rep_dict["totals"].get("itop_rate"),
+        "flops_dense": rep_dict["totals"]["flops_dense"],
+        "flops_sparse": rep_dict["totals"]["flops_sparse"],
+        "train_seconds": state["train_seconds"],
+        "wall_seconds": state["wall_seconds"],
+        "topology_seconds": topology_seconds,
+        "topology_overhead": topology_seconds / state["train_seconds"] if state["train_seconds"] else 0.0,
+        "topology_updates": len(sparsifier.history) if sparsifier is not None else 0,
+        "device": str(trainer.device),
+        "report": rep_dict,
+        "plots": plots,
+    }
+
+
+def resume_config(run_dir: str | Path) -> TrainConfig:
+    """The config a run directory was started with."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.is_file():
+        raise SparsenetsError(f"{str(run_dir)!r} is not a run directory (no config.yaml)")
+    return build_config(read_yaml(path))
