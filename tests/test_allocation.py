@@ -169,8 +169,9 @@ def test_unknown_distribution_lists_valid():
 
 
 def test_no_layers_is_an_error():
-    with pytest.raises(SparsenetsError):
+    with pytest.raises(SparsenetsError) as info:
         allocate_counts({}, 0.5, "erk")
+    assert "layer" in str(info.value)
 
 
 @settings(max_examples=200, deadline=None)

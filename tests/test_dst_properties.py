@@ -29,7 +29,7 @@ STEPS, EVERY, ALPHA = 30, 3, 0.5
 PROPERTY_SETTINGS = settings(
     max_examples=15,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
@@ -198,8 +198,9 @@ def test_mlp_invariants(method, n_in, hidden, n_out, density, opt_kind, seed, di
                         make_mlp, make_optimizer):
     model = make_mlp((n_in, *hidden, n_out), seed)
     optimizer = make_optimizer(opt_kind, model.parameters())
-    run_checked(model, optimizer, method, density=density, seed=seed, inputs=(n_in,),
-                n_out=n_out, distribution=distribution)
+    s = run_checked(model, optimizer, method, density=density, seed=seed, inputs=(n_in,),
+                    n_out=n_out, distribution=distribution)
+    assert s.step_count == STEPS
 
 
 @pytest.mark.parametrize("opt_kind", ["sgd", "adamw"])
@@ -208,11 +209,12 @@ def test_conv_invariants(method, opt_kind, make_optimizer):
     torch.manual_seed(3)
     model = ConvNet()
     optimizer = make_optimizer(opt_kind, model.parameters())
-    run_checked(model, optimizer, method, density=0.3, seed=5, inputs=(2, 6, 6), n_out=3)
+    s = run_checked(model, optimizer, method, density=0.3, seed=5, inputs=(2, 6, 6), n_out=3)
+    assert [len(m.shape) for m in s.masks.values()] == [4, 4, 2]
 
 
 @pytest.mark.parametrize("method", ["set", "rigl", "granet"])
-def test_explore_and_random_regrow_invariants(method, make_mlp, make_optimizer):
+def test_explore_invariants(method, make_mlp, make_optimizer):
     model = make_mlp((8, 12, 4), 1)
     optimizer = make_optimizer("sgd", model.parameters())
     s = DynamicSparsity(model, optimizer, density=0.3, total_steps=STEPS, method=method,
@@ -383,17 +385,58 @@ def test_optimizer_must_hold_the_params(make_mlp, make_optimizer):
         {"method": "gmp", "start_fraction": 0.9},
         {"method": "gmp", "update_every": 100},
         {"method": "ctre", "random_fraction": 2.0},
+        {"method": "rigl", "update_every": 2.5},
+        {"method": "rigl", "update_every": "3"},
+        {"method": "rigl", "drop_fraction": "0.3"},
         {"total_steps": 0},
         {"total_steps": 2.5},
         {"distribution": "normal"},
     ],
+    ids=lambda options: "-".join(f"{k}={v}" for k, v in options.items()),
 )
 def test_bad_options_raise_single_line(options, make_mlp, make_optimizer):
     model = make_mlp((4, 3), 0)
     kwargs = {"density": 0.5, "total_steps": 10, **options}
     with pytest.raises(SparsenetsError) as info:
         DynamicSparsity(model, make_optimizer("sgd", model.parameters()), **kwargs)
-    single_line(info)
+    message = single_line(info)
+    bad = options.get("update_every", options.get("drop_fraction"))
+    if bad is not None:
+        assert str(bad) in message
+
+
+def test_method_object_with_options_is_an_error(make_mlp, make_optimizer):
+    model = make_mlp((4, 3), 0)
+    s = DynamicSparsity(model, make_optimizer("sgd", model.parameters()), density=0.5,
+                        total_steps=10, method=sparsenets.RigL(update_every=2))
+    assert s.method.update_every == 2
+    with pytest.raises(SparsenetsError) as info:
+        DynamicSparsity(model, make_optimizer("sgd", model.parameters()), density=0.5,
+                        total_steps=10, method=sparsenets.RigL(), update_every=2)
+    assert "update_every" in single_line(info)
+
+
+@pytest.mark.parametrize("method", GRADUAL)
+@pytest.mark.parametrize(
+    "distribution",
+    [{"0.weight": 0.1, "2.weight": 0.5}, lambda name, shape: 0.25],
+    ids=["dict", "callable"],
+)
+def test_gradual_with_custom_distribution_starts_dense(method, distribution, make_mlp,
+                                                       make_optimizer):
+    # initial_density=1.0 (the default) means dense-to-sparse whatever the target allocation
+    model = make_mlp((8, 16, 4), 0)
+    optimizer = make_optimizer("sgd", model.parameters())
+    s = DynamicSparsity(model, optimizer, density=0.2, total_steps=STEPS, method=method,
+                        update_every=EVERY, distribution=distribution)
+    assert s.target_counts["0.weight"] < 128
+    assert s.masks.nnz() == s.masks.numel(), s.initial_counts
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(STEPS):
+        optimizer.zero_grad()
+        mse(model(torch.randn(8, 8, generator=gen)), torch.randn(8, 4, generator=gen)).backward()
+        s.step()
+    assert {n: s.masks.nnz(n) for n in s.masks} == s.target_counts
 
 
 def test_rigl_needs_gradients(make_mlp, make_optimizer):

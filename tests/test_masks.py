@@ -112,6 +112,35 @@ def test_ever_active_accumulates(store):
     assert torch.equal(store.ever_active("fc1.weight"), M1)
 
 
+def test_apply_after_mask_change_uses_new_mask(store):
+    layer = nn.Linear(4, 3)
+    model = nn.Sequential()
+    model.add_module("fc1", layer)
+    model.add_module("fc2", nn.Linear(3, 2))
+    store.apply_(model)  # first application (may cache the mask)
+    new = bool_tensor([[0, 0, 1, 1], [1, 1, 1, 1], [0, 0, 0, 0]])
+    with torch.no_grad():
+        layer.weight.fill_(2.0)
+    store.set("fc1.weight", new)
+    store.apply_(model)
+    assert torch.equal(layer.weight.detach(), 2.0 * new.float())
+    # and after loading a state dict
+    other = MaskStore(SHAPES)
+    other.set("fc1.weight", M1.clone())
+    with torch.no_grad():
+        layer.weight.fill_(3.0)
+    store.load_state_dict(other.state_dict())
+    store.apply_(model)
+    assert torch.equal(layer.weight.detach(), 3.0 * M1.float())
+
+
+def test_set_keeps_a_private_copy(store):
+    mine = bool_tensor([[1, 1, 1, 1], [0, 0, 0, 0], [0, 0, 0, 0]])
+    store.set("fc1.weight", mine)
+    mine.fill_(False)
+    assert store.nnz("fc1.weight") == 4
+
+
 def test_ever_active_not_aliased_to_mask(store):
     store.set("fc1.weight", torch.zeros(3, 4, dtype=torch.bool))
     assert store.nnz("fc1.weight") == 0
@@ -162,8 +191,9 @@ def test_load_state_dict_rejects_mismatch(store):
         MaskStore(SHAPES).load_state_dict(state)
     state = store.state_dict()
     state["mask/fc1.weight"] = torch.ones(4, 3, dtype=torch.bool)
-    with pytest.raises(SparsenetsError):
+    with pytest.raises(SparsenetsError) as info:
         MaskStore(SHAPES).load_state_dict(state)
+    assert "fc1.weight" in str(info.value)
 
 
 def test_itop_rate_full_exploration():

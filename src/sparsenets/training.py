@@ -32,7 +32,15 @@ from .config import TrainConfig, build_config, read_yaml
 from .data import Dataset, batches, load_dataset
 from .dst import DynamicSparsity
 from .errors import SparsenetsError
-from .io import load_tensors, load_torch, replace_dir, save_tensors, save_torch, write_json, write_text
+from .io import (
+    load_tensors,
+    load_torch,
+    replace_dir,
+    save_tensors,
+    save_torch,
+    write_json,
+    write_text,
+)
 from .models import build_model
 from .plots import plot_accuracy, plot_itop, plot_layer_density
 from .report import report

@@ -25,6 +25,29 @@ REGROW_INITS = ("zero", "random")
 Grads = dict[str, torch.Tensor]
 
 
+def check_option_types(method: Method) -> None:
+    """Check each option against the type of its default (ints given for floats are converted).
+
+    Raises a one-line :class:`SparsenetsError` such as
+    ``option update_every of method 'rigl' must be an integer, got '3'``.
+    """
+    expected_names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    for spec in fields(method):
+        default, value = spec.default, getattr(method, spec.name)
+        kind = type(default)
+        if kind not in expected_names:
+            continue
+        ok = isinstance(value, kind) and (kind is bool or not isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(method, spec.name, float(value))
+            ok = True
+        if not ok:
+            raise SparsenetsError(
+                f"option {spec.name} of method {method.name!r} must be {expected_names[kind]}, "
+                f"got {value!r}"
+            )
+
+
 @dataclass(frozen=True)
 class Method:
     """Base class: a fixed topology (no updates). Subclasses override the hooks they need."""
@@ -32,6 +55,9 @@ class Method:
     name: ClassVar[str] = "static"
     #: whether ``update`` needs the dense gradient (before masking) at update steps.
     needs_dense_grad: ClassVar[bool] = False
+
+    def __post_init__(self) -> None:
+        check_option_types(self)
 
     def options(self) -> dict[str, object]:
         """The hyperparameters as a plain dict (for configs and reports)."""
@@ -85,6 +111,7 @@ class DropAndGrow(Method):
     regrow_init: str = "zero"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         if self.regrow_init not in REGROW_INITS:
             raise choice_error("regrow_init", self.regrow_init, REGROW_INITS)
         if not 0.0 < self.end_fraction <= 1.0:

@@ -13,14 +13,14 @@ import torch
 
 from ..allocation import proportional_counts
 from ..errors import SparsenetsError
-from ..select import select_topk
 from ..scores import (
     activation_cosine_similarity,
     gradient_magnitude,
     mest_drop_score,
     random_scores,
 )
-from .base import DropAndGrow, Grads, Method
+from ..select import select_topk
+from .base import DropAndGrow, Method
 
 if TYPE_CHECKING:
     from .sparsifier import DynamicSparsity

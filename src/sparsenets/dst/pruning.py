@@ -64,7 +64,9 @@ class GMP(DropAndGrow):
         )
 
     def initial_counts(self, ctx: DynamicSparsity) -> dict[str, int]:
-        counts = allocate_counts(ctx.masks.shapes, self.initial_density, ctx.distribution)
+        # A custom distribution fixes only the final densities; the start is then uniform.
+        distribution = ctx.distribution if isinstance(ctx.distribution, str) else "uniform"
+        counts = allocate_counts(ctx.masks.shapes, self.initial_density, distribution)
         # The start can never hold fewer weights than the target.
         return {n: max(counts[n], ctx.target_counts[n]) for n in counts}
 

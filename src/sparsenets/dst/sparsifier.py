@@ -145,8 +145,18 @@ class DynamicSparsity:
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Mask gradients, run ``optimizer.step()``, re-apply masks, update topology when due.
 
-        Returns whatever ``optimizer.step`` returned.
+        Args:
+            closure: optional, as for ``optimizer.step``: it zeroes the gradients, computes the
+                loss and calls ``backward()``. It is evaluated once, here, before the gradients
+                are read and masked (optimizers that re-evaluate it, like LBFGS, are not
+                supported).
+
+        Returns whatever ``optimizer.step`` returned (the closure's loss when one is given).
         """
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         self.step_count += 1
         step = self.step_count
         first = next(iter(self.params.values()))
@@ -167,13 +177,13 @@ class DynamicSparsity:
                 grads[name] = param.grad.detach().clone()
         self.method.observe(self, step)
         mask_gradients_(self.params, self.masks)
-        result = self.optimizer.step(closure) if closure is not None else self.optimizer.step()
+        result = self.optimizer.step()
         self.masks.apply_to_(self.params)
         if due:
             started = time.perf_counter()
             self._update_topology(step, grads)
             self.update_seconds += time.perf_counter() - started
-        return result
+        return loss if closure is not None else result
 
     @torch.no_grad()
     def _update_topology(self, step: int, grads: dict[str, torch.Tensor] | None) -> None:
@@ -227,6 +237,7 @@ class DynamicSparsity:
         """Everything needed to resume exactly (loadable with ``torch.load(weights_only=True)``)."""
         return {
             "method": self.method.name,
+            "seed": self.seed,
             "step": self.step_count,
             "masks": self.masks.state_dict(),
             "initial_counts": dict(self.initial_counts),
@@ -241,6 +252,11 @@ class DynamicSparsity:
             raise SparsenetsError(
                 f"checkpoint was made with method {state['method']!r}, "
                 f"this sparsifier uses {self.method.name!r}"
+            )
+        if int(state.get("seed", self.seed)) != self.seed:
+            raise SparsenetsError(
+                f"checkpoint was made with seed {state['seed']}, this sparsifier uses seed "
+                f"{self.seed}; resuming with another seed would not replay the run"
             )
         self.masks.load_state_dict(state["masks"])
         self.step_count = int(state["step"])
