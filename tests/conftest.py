@@ -9,6 +9,12 @@ import torch
 from torch import nn
 
 
+def pytest_configure(config):
+    """One torch thread: the test tensors are tiny, and on a shared 2-core machine OpenMP
+    threads waiting on a busy core make small ops orders of magnitude slower."""
+    torch.set_num_threads(1)
+
+
 def _mlp(sizes: tuple[int, ...], seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
     layers: list[nn.Module] = []

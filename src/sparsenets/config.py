@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from .allocation import DISTRIBUTIONS
 from .data import DATASETS
@@ -104,18 +111,12 @@ class TrainConfig(BaseModel):
     threads: int | None = None
     sparsity: SparsityConfig = SparsityConfig()
 
-    @field_validator("dataset")
+    @field_validator("dataset", "model")
     @classmethod
-    def _dataset(cls, value: str) -> str:
-        if value not in DATASETS:
-            raise choice_error("dataset", value, DATASETS)
-        return value
-
-    @field_validator("model")
-    @classmethod
-    def _model(cls, value: str) -> str:
-        if value not in MODELS:
-            raise choice_error("model", value, MODELS)
+    def _known_name(cls, value: str, info: ValidationInfo) -> str:
+        valid = DATASETS if info.field_name == "dataset" else MODELS
+        if value not in valid:
+            raise choice_error(info.field_name, value, valid)
         return value
 
     @field_validator("epochs", "batch_size")

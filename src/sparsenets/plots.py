@@ -18,10 +18,20 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    return path
+def _finish(plt, fig, ax, path: str | Path, title: str, xlabel: str | None, ylabel: str) -> Path:
+    """Label, grid, legend, write the PNG atomically and close the figure."""
+    if xlabel:
+        ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
+        return Path(path)
+    finally:
+        plt.close(fig)
 
 
 def plot_accuracy(epochs: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -31,15 +41,7 @@ def plot_accuracy(epochs: Sequence[Mapping[str, Any]], path: str | Path, title: 
     xs = [e["epoch"] for e in epochs]
     ax.plot(xs, [e["train_accuracy"] for e in epochs], marker="o", label="train")
     ax.plot(xs, [e["test_accuracy"] for e in epochs], marker="s", label="test")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("accuracy")
-    ax.set_title(title or "accuracy")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title or "accuracy", "epoch", "accuracy")
 
 
 def plot_layer_density(layers: Sequence[Mapping[str, Any]], path: str | Path, title: str = "") -> Path:
@@ -53,15 +55,8 @@ def plot_layer_density(layers: Sequence[Mapping[str, Any]], path: str | Path, ti
     if all(v is not None for v in itop):
         ax.scatter(positions, itop, color="tab:orange", zorder=3, label="ITOP rate")
     ax.set_xticks(list(positions), names, rotation=30, ha="right")
-    ax.set_ylabel("fraction of weights")
     ax.set_ylim(0, 1.05)
-    ax.set_title(title or "per-layer density")
-    ax.grid(axis="y", alpha=0.3)
-    ax.legend()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title or "per-layer density", None, "fraction of weights")
 
 
 def plot_itop(history: Sequence[Mapping[str, Any]], initial_density: float, path: str | Path, title: str = "") -> Path:
@@ -72,12 +67,4 @@ def plot_itop(history: Sequence[Mapping[str, Any]], initial_density: float, path
     ax.plot(steps, [initial_density] + [h["itop_rate"] for h in history], marker=".", label="ITOP rate")
     if history:
         ax.plot(steps[1:], [h["churn"] for h in history], linestyle="--", label="churn per update")
-    ax.set_xlabel("step")
-    ax.set_ylabel("fraction")
-    ax.set_title(title or "in-time over-parameterization")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    try:
-        return _save(fig, Path(path))
-    finally:
-        plt.close(fig)
+    return _finish(plt, fig, ax, path, title or "in-time over-parameterization", "step", "fraction")
