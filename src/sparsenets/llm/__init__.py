@@ -1,0 +1,53 @@
+"""One-shot pruning of pretrained causal language models (Hugging Face transformers).
+
+Needs the ``llm`` extra (``pip install 'sparsenets[llm]'``). Typical use::
+
+    from sparsenets.llm import load_causal_lm, load_tokenizer, calibration_batches, eval_windows
+    from sparsenets.llm import prune, perplexity
+
+    model, tok = load_causal_lm("smollm2-135m"), load_tokenizer("smollm2-135m")
+    report = prune(model, calibration_batches(tok, 128, 512), method="wanda", sparsity=0.5)
+    print(perplexity(model, eval_windows(tok, 512)))
+
+Nothing is imported from transformers until a model is loaded.
+"""
+
+from .adapters import DecoderAdapter, get_adapter
+from .calibrate import sequential_calibration
+from .data import calibration_batches, eval_windows, load_novel
+from .methods import (
+    METHODS,
+    LayerPruner,
+    nm_keep_mask,
+    parse_structure,
+    row_keep_mask,
+    wanda_scores,
+)
+from .models import KNOWN_MODELS, load_causal_lm, load_tokenizer, resolve_model_dir
+from .perplexity import perplexity
+from .prune import ALLOCATIONS, prune
+from .stats import GramStats, InputNormStats
+
+__all__ = [
+    "ALLOCATIONS",
+    "KNOWN_MODELS",
+    "METHODS",
+    "DecoderAdapter",
+    "GramStats",
+    "InputNormStats",
+    "LayerPruner",
+    "calibration_batches",
+    "eval_windows",
+    "get_adapter",
+    "load_causal_lm",
+    "load_novel",
+    "load_tokenizer",
+    "nm_keep_mask",
+    "parse_structure",
+    "perplexity",
+    "prune",
+    "resolve_model_dir",
+    "row_keep_mask",
+    "sequential_calibration",
+    "wanda_scores",
+]

@@ -1,0 +1,102 @@
+"""Sequential layer-wise calibration: feed a calibration set block by block.
+
+The calibration token ids enter the model once; the hidden states in front of block 0 are
+captured (see :mod:`.adapters`). Then, for each decoder block in order:
+
+1. a forward pass of every mini-batch through the block, with input statistics accumulated on
+   each prunable Linear (forward pre-hooks, removed afterwards);
+2. ``on_block(index, block, stats)`` (e.g. pruning the block with those statistics);
+3. a second forward pass through the (now pruned) block, whose outputs are the next block's inputs.
+
+So every block is calibrated on activations that flowed through the *already pruned* earlier
+blocks (as in SparseGPT and Wanda), and only one block's activations are held at a time:
+memory is n_samples × seq_len × hidden_size floats, independent of depth.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import SparsenetsError
+from .adapters import BlockInputs, DecoderAdapter, get_adapter
+from .stats import InputStats
+
+log = logging.getLogger(__name__)
+
+StatsFactory = Callable[[nn.Linear], InputStats]
+BlockCallback = Callable[[int, nn.Module, dict[str, InputStats]], None]
+
+
+def check_calibration(calibration: torch.Tensor) -> torch.Tensor:
+    """Validate calibration token ids: a (n_samples, seq_len) integer tensor."""
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() != 2 or calibration.is_floating_point():
+        shape = tuple(calibration.shape) if isinstance(calibration, torch.Tensor) else type(calibration).__name__
+        raise SparsenetsError(f"calibration must be a (n_samples, seq_len) integer tensor of token ids, got {shape}")
+    if calibration.shape[0] == 0 or calibration.shape[1] == 0:
+        raise SparsenetsError(f"calibration is empty: shape {tuple(calibration.shape)}")
+    return calibration.long()
+
+
+@torch.no_grad()
+def sequential_calibration(
+    model: nn.Module,
+    calibration: torch.Tensor | None,
+    *,
+    stats_factory: StatsFactory | None,
+    on_block: BlockCallback,
+    batch_size: int = 8,
+    adapter: DecoderAdapter | None = None,
+    progress: bool = True,
+) -> None:
+    """Run the calibration set through the decoder blocks one at a time.
+
+    Args:
+        model: a Hugging Face causal LM supported by :func:`.adapters.get_adapter`.
+        calibration: (n_samples, seq_len) int64 token ids.
+        stats_factory: builds one accumulator per prunable Linear (``None``: no statistics, and
+            the calibration data is not run at all; ``on_block`` gets empty dicts).
+        on_block: called as ``on_block(index, block, stats_by_linear_name)`` after statistics of
+            block ``index`` are gathered and before its outputs are computed.
+        batch_size: calibration sequences per forward call.
+        adapter: model-family adapter (default: chosen from ``model.config``).
+        progress: show a tqdm bar over blocks.
+    """
+    adapter = adapter or get_adapter(model)
+    blocks = adapter.blocks(model)
+    if stats_factory is None:
+        for index, block in enumerate(blocks):
+            on_block(index, block, {})
+        return
+    calibration = check_calibration(calibration)
+    device = next(model.parameters()).device
+    batches: list[BlockInputs] = [
+        adapter.capture_inputs(model, chunk.to(device)) for chunk in calibration.split(batch_size)
+    ]
+    for index, block in enumerate(tqdm(blocks, desc="calibrating blocks", disable=not progress)):
+        linears = adapter.linears(block)
+        stats = {name: stats_factory(layer) for name, layer in linears.items()}
+        handles = [
+            layer.register_forward_pre_hook(_stats_hook(stats[name])) for name, layer in linears.items()
+        ]
+        try:
+            for inputs in batches:
+                adapter.run_block(block, inputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        on_block(index, block, stats)
+        batches = [adapter.run_block(block, inputs) for inputs in batches]
+        log.debug("block %d done: %d mini-batches of %s", index, len(batches), tuple(batches[0].hidden.shape))
+
+
+def _stats_hook(accumulator: InputStats):
+    def hook(_module, args):
+        accumulator.update(args[0])
+
+    return hook
+

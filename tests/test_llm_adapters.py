@@ -1,0 +1,142 @@
+"""Model adapters, sequential calibration and perplexity on tiny random HF models (no downloads)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+
+from sparsenets.errors import SparsenetsError  # noqa: E402
+from sparsenets.llm import get_adapter, perplexity, sequential_calibration  # noqa: E402
+from sparsenets.llm.stats import GramStats, InputNormStats  # noqa: E402
+
+FAMILIES = ("llama", "mistral", "qwen2", "opt")
+VOCAB = 96
+
+
+def tiny_model(family: str, *, tied: bool = False, seed: int = 0, hidden: int = 32) -> torch.nn.Module:
+    """A 2-block random causal LM of ``family`` (hidden 32, 4 heads), eval mode, float32."""
+    torch.manual_seed(seed)
+    common = dict(vocab_size=VOCAB, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=64, tie_word_embeddings=tied)
+    if family == "opt":
+        config = transformers.OPTConfig(ffn_dim=2 * hidden, word_embed_proj_dim=hidden,
+                                        enable_bias=True, **common)
+    else:
+        cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
+               "qwen2": transformers.Qwen2Config}[family]
+        config = cls(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():  # random init is tiny; widen it so pruning effects are visible
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def tokens(n: int, t: int, seed: int = 1) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, t), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_finds_blocks_and_linears(family):
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    blocks = adapter.blocks(model)
+    assert len(blocks) == 2
+    linears = adapter.prunable_linears(model)
+    expected = 7 if family != "opt" else 6  # q,k,v,o,gate,up,down | q,k,v,out,fc1,fc2
+    assert len(linears) == 2 * expected
+    assert all(isinstance(m, torch.nn.Linear) for m in linears.values())
+    assert not any("lm_head" in n or "embed" in n for n in linears)
+    assert model.lm_head not in linears.values()
+    embeddings = adapter.embeddings(model)
+    assert all(isinstance(m, torch.nn.Embedding) for m in embeddings.values())
+    assert all(name.startswith(adapter.blocks_path + ".") for name in linears)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_by_block_matches_full_forward(family):
+    """Captured block-0 inputs and kwargs (masks, rotary tables) reproduce the model's forward."""
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    ids = tokens(3, 12)
+    reference = []
+    hooks = [b.register_forward_hook(lambda _m, _a, out: reference.append(out[0] if isinstance(out, tuple) else out))
+             for b in adapter.blocks(model)]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    inputs = adapter.capture_inputs(model, ids)
+    assert inputs.hidden.shape == (3, 12, 32)
+    with torch.no_grad():
+        for block, ref in zip(adapter.blocks(model), reference, strict=True):
+            inputs = adapter.run_block(block, inputs)
+            torch.testing.assert_close(inputs.hidden, ref)
+
+
+def test_sequential_calibration_feeds_pruned_blocks_and_shapes():
+    """Block 1 sees the outputs of the already-modified block 0, one block at a time."""
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    ids = tokens(5, 10)
+    seen: dict[int, torch.Tensor] = {}
+
+    class Recorder(InputNormStats):
+        def update(self, x):
+            assert x.shape[:2] in {(2, 10), (1, 10)} and x.shape[-1] == self.in_features
+            super().update(x)
+
+    def on_block(index, block, stats):
+        assert set(stats) == set(adapter.linears(block))
+        assert all(s.n_tokens == 5 * 10 for s in stats.values())
+        seen[index] = stats["self_attn.q_proj"].finalize()
+        if index == 0:  # zero the block's linears: its output then equals its input (residuals)
+            for layer in adapter.linears(block).values():
+                layer.weight.data.zero_()
+                if layer.bias is not None:
+                    layer.bias.data.zero_()
+
+    sequential_calibration(model, ids, stats_factory=lambda layer: Recorder(layer.in_features),
+                           on_block=on_block, batch_size=2, progress=False)
+    assert seen[0].shape == (32,)
+    # both RMSNorms have weight 1 at init, so block 1's q_proj input equals block 0's
+    torch.testing.assert_close(seen[1], seen[0])
+
+
+def test_gram_stats_match_direct_computation():
+    x = torch.randn(3, 7, 5)
+    stats = GramStats(5)
+    stats.update(x[:2])
+    stats.update(x[2:])
+    flat = x.reshape(-1, 5).double()
+    torch.testing.assert_close(stats.finalize(), flat.t() @ flat)
+    assert stats.n_tokens == 21
+    norms = InputNormStats(5)
+    norms.update(x)
+    torch.testing.assert_close(norms.finalize(), flat.norm(dim=0).float())
+    with pytest.raises(SparsenetsError):
+        norms.update(torch.randn(2, 4))
+
+
+@pytest.mark.parametrize("family", ("llama", "opt"))
+def test_perplexity_matches_hf_loss(family):
+    model = tiny_model(family)
+    windows = tokens(3, 16)
+    with torch.no_grad():
+        losses = [float(model(input_ids=w[None], labels=w[None]).loss) for w in windows]
+    expected = math.exp(sum(losses) / len(losses))
+    assert perplexity(model, windows, batch_size=2, progress=False) == pytest.approx(expected, rel=1e-5)
+
+
+def test_bad_inputs_raise_one_line_errors():
+    model = tiny_model("llama")
+    with pytest.raises(SparsenetsError, match="windows must be"):
+        perplexity(model, torch.zeros(4, dtype=torch.long), progress=False)
+    model.config.model_type = "gpt2"
+    with pytest.raises(SparsenetsError, match="unsupported model type 'gpt2'"):
+        get_adapter(model)

