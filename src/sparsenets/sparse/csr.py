@@ -1,0 +1,165 @@
+"""CSR structure of a sparse weight matrix, built from a boolean mask (pure functions).
+
+A weight ``W`` of shape ``(out, in)`` is stored as a values vector of shape ``(nnz,)`` in
+row-major CSR order (the order of ``W[mask]``) plus its structure:
+
+* ``crow_indices`` ``(out + 1,)`` and ``col_indices`` ``(nnz,)``: the CSR of ``W``;
+* ``t_crow_indices`` ``(in + 1,)`` and ``t_col_indices`` ``(nnz,)``: the CSR of ``Wᵀ``;
+* ``perm`` ``(nnz,)`` int64: ``values[perm]`` are the values of ``Wᵀ`` in its CSR order.
+
+Keeping the structure of ``Wᵀ`` lets grad-input run a CSR matmul without transposing the
+sparse matrix each step (transposing CSR in the hot path is 2-3x slower on CPU).
+
+Indices are int32 when every index fits (MKL runs its LP64 kernels on them without a
+conversion), int64 otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..errors import SparsenetsError
+
+SUPPORTED_DTYPES = (torch.float32, torch.float64)
+_INT32_MAX = 2**31 - 1
+
+
+@dataclass(frozen=True)
+class CSRStructure:
+    """The CSR structure of ``W`` (``out × in``) and of ``Wᵀ``, without values.
+
+    Attributes:
+        crow_indices: ``(out + 1,)`` row pointers of ``W``.
+        col_indices: ``(nnz,)`` column of each stored value, sorted within each row.
+        t_crow_indices: ``(in + 1,)`` row pointers of ``Wᵀ``.
+        t_col_indices: ``(nnz,)`` columns of ``Wᵀ`` (= rows of ``W``).
+        perm: ``(nnz,)`` int64, ``values[perm]`` is the values vector of ``Wᵀ``.
+        shape: ``(out, in)``.
+    """
+
+    crow_indices: torch.Tensor
+    col_indices: torch.Tensor
+    t_crow_indices: torch.Tensor
+    t_col_indices: torch.Tensor
+    perm: torch.Tensor
+    shape: tuple[int, int]
+
+    @property
+    def nnz(self) -> int:
+        """Number of stored values."""
+        return int(self.col_indices.numel())
+
+
+def index_dtype_for(shape: tuple[int, int], nnz: int) -> torch.dtype:
+    """int32 when every index and count fits in int32, else int64."""
+    return torch.int32 if max(shape[0], shape[1], nnz) < _INT32_MAX else torch.int64
+
+
+def check_mask(mask: object, shape: tuple[int, int] | None = None, what: str = "mask") -> torch.Tensor:
+    """Validate a 2-D ``torch.bool`` mask (of ``shape`` when given) and return it."""
+    if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
+        got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise SparsenetsError(f"{what} must be a torch.bool tensor, got {got}")
+    if mask.dim() != 2:
+        raise SparsenetsError(f"{what} must be 2-D (out, in), got shape {tuple(mask.shape)}")
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise SparsenetsError(f"{what} has shape {tuple(mask.shape)}, expected {tuple(shape)}")
+    return mask
+
+
+def check_dtype(dtype: torch.dtype, what: str = "sparse layer") -> torch.dtype:
+    """Raise unless ``dtype`` is float32 or float64 (the dtypes the CPU CSR kernels support)."""
+    if dtype not in SUPPORTED_DTYPES:
+        raise SparsenetsError(f"{what} dtype must be torch.float32 or torch.float64, got {dtype}")
+    return dtype
+
+
+def mask_to_csr(mask: torch.Tensor, index_dtype: torch.dtype | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow_indices (out+1,), col_indices (nnz,))`` of a bool mask ``(out, in)``.
+
+    The entry order is row-major, the order of ``weight[mask]``.
+    """
+    check_mask(mask)
+    rows, cols = mask.nonzero(as_tuple=True)  # row-major order
+    out_features = mask.shape[0]
+    dtype = index_dtype or index_dtype_for(tuple(mask.shape), int(cols.numel()))
+    counts = torch.bincount(rows, minlength=out_features)
+    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=mask.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow.to(dtype), cols.to(dtype)
+
+
+def row_indices(crow_indices: torch.Tensor) -> torch.Tensor:
+    """``(nnz,)`` int64 row of each stored entry, expanded from ``crow_indices (out+1,)``."""
+    counts = crow_indices.diff().to(torch.int64)
+    rows = torch.arange(counts.numel(), device=crow_indices.device)
+    return torch.repeat_interleave(rows, counts)
+
+
+def transpose_structure(
+    crow_indices: torch.Tensor, col_indices: torch.Tensor, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The CSR structure of ``Wᵀ`` from that of ``W`` (``shape = (out, in)``).
+
+    Returns:
+        ``(t_crow_indices (in+1,), t_col_indices (nnz,), perm (nnz,) int64)`` where
+        ``values[perm]`` are ``W``'s values in ``Wᵀ``'s CSR order. Index dtypes follow
+        ``col_indices``.
+    """
+    out_features, in_features = shape
+    rows = row_indices(crow_indices)
+    cols = col_indices.to(torch.int64)
+    perm = torch.argsort(cols * out_features + rows)  # keys are unique: the order is total
+    counts = torch.bincount(cols, minlength=in_features)
+    t_crow = torch.zeros(in_features + 1, dtype=torch.int64, device=cols.device)
+    torch.cumsum(counts, 0, out=t_crow[1:])
+    dtype = col_indices.dtype
+    return t_crow.to(dtype), rows[perm].to(dtype), perm
+
+
+def build_structure(mask: torch.Tensor, index_dtype: torch.dtype | None = None) -> CSRStructure:
+    """The full :class:`CSRStructure` (``W`` and ``Wᵀ``) of a bool mask ``(out, in)``."""
+    crow, col = mask_to_csr(mask, index_dtype)
+    return structure_from_csr(crow, col, tuple(mask.shape))
+
+
+def structure_from_csr(
+    crow_indices: torch.Tensor, col_indices: torch.Tensor, shape: tuple[int, int]
+) -> CSRStructure:
+    """A :class:`CSRStructure` from ``W``'s CSR indices (validated: sizes, sorted columns)."""
+    out_features, in_features = (int(shape[0]), int(shape[1]))
+    crow, col = crow_indices, col_indices
+    if crow.dim() != 1 or crow.numel() != out_features + 1:
+        raise SparsenetsError(
+            f"crow_indices must have shape ({out_features + 1},), got {tuple(crow.shape)}"
+        )
+    nnz = int(col.numel())
+    if int(crow[0]) != 0 or int(crow[-1]) != nnz or bool((crow.diff() < 0).any()):
+        raise SparsenetsError(f"crow_indices are not valid row pointers for nnz={nnz}")
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= in_features):
+        raise SparsenetsError(f"col_indices must lie in [0, {in_features})")
+    rows = row_indices(crow)
+    if nnz > 1:
+        keys = rows * in_features + col.to(torch.int64)
+        if bool((keys.diff() <= 0).any()):
+            raise SparsenetsError("col_indices must be strictly increasing within each row")
+    t_crow, t_col, perm = transpose_structure(crow, col, (out_features, in_features))
+    return CSRStructure(crow, col, t_crow, t_col, perm, (out_features, in_features))
+
+
+def csr_to_mask(crow_indices: torch.Tensor, col_indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The bool mask ``(out, in)`` of a CSR structure."""
+    mask = torch.zeros(shape, dtype=torch.bool, device=col_indices.device)
+    mask[row_indices(crow_indices), col_indices.to(torch.int64)] = True
+    return mask
+
+
+def csr_to_dense(
+    crow_indices: torch.Tensor, col_indices: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """The dense ``(out, in)`` matrix with ``values (nnz,)`` at the CSR positions, zero elsewhere."""
+    dense = torch.zeros(shape, dtype=values.dtype, device=values.device)
+    dense[row_indices(crow_indices), col_indices.to(torch.int64)] = values
+    return dense
