@@ -10,6 +10,8 @@ OBS reconstruction) fit the same signature: they modify ``weight`` in place and 
 * magnitude: S = |W|.
 * Wanda (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs"):
   S_ij = |W_ij| · ‖X_j‖₂, ‖X_j‖₂ the L2 norm of input feature j over all calibration tokens.
+* SparseGPT (Frantar & Alistarh 2023): blocked OBS pruning with weight reconstruction from
+  H = X Xᵀ, see :mod:`.sparsegpt`.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ import torch
 from torch import nn
 
 from ..errors import SparsenetsError, choice_error
-from .stats import InputNormStats, InputStats
+from .sparsegpt import _sparsegpt
+from .stats import GramStats, InputNormStats, InputStats
 
 
 @dataclass(frozen=True)
@@ -141,6 +144,7 @@ def _wanda(weight: torch.Tensor, stat: torch.Tensor | None, sparsity: float, str
 METHODS: dict[str, LayerPruner] = {
     "magnitude": LayerPruner("magnitude", None, _magnitude),
     "wanda": LayerPruner("wanda", lambda layer: InputNormStats(layer.in_features), _wanda),
+    "sparsegpt": LayerPruner("sparsegpt", lambda layer: GramStats(layer.in_features), _sparsegpt),
 }
 
 

@@ -3,6 +3,9 @@
 Every ``nn.Linear`` inside the decoder blocks is pruned, block by block, with statistics gathered
 by :func:`.calibrate.sequential_calibration` (the calibration set flows through the already
 pruned earlier blocks). Embeddings and ``lm_head`` are never touched (they are often tied).
+
+With ``allocation="owl"`` a first sequential pass over the *dense* model computes each block's
+outlier ratio and from it the block's sparsity (:mod:`.owl`); the pruning pass then uses it.
 """
 
 from __future__ import annotations
@@ -16,12 +19,13 @@ from ..errors import SparsenetsError, choice_error
 from .adapters import get_adapter
 from .calibrate import sequential_calibration
 from .methods import Structure, get_method, parse_structure
+from .owl import owl_allocation
 from .stats import InputStats
 
 log = logging.getLogger(__name__)
 
 #: Layer-wise sparsity allocations accepted by :func:`prune`.
-ALLOCATIONS = ("uniform",)
+ALLOCATIONS = ("uniform", "owl")
 
 
 def _check_sparsity(sparsity: float) -> float:
@@ -55,6 +59,8 @@ def prune(
     sparsity: float | None = None,
     structure: str = "unstructured",
     allocation: str = "uniform",
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
     batch_size: int = 8,
     progress: bool = True,
 ) -> dict[str, float]:
@@ -64,12 +70,18 @@ def prune(
         model: a Hugging Face causal LM (LLaMA family or OPT, see :mod:`.adapters`).
         calibration: (n_samples, seq_len) int64 token ids (e.g. from
             :func:`.data.calibration_batches`); required by ``wanda``, ignored by ``magnitude``.
-        method: ``"wanda"`` (|W|·‖X_j‖₂, Sun et al. 2023) or ``"magnitude"`` (|W|).
+        method: ``"wanda"`` (|W|·‖X_j‖₂, Sun et al. 2023), ``"magnitude"`` (|W|) or
+            ``"sparsegpt"`` (blocked OBS with weight reconstruction, Frantar & Alistarh 2023).
         sparsity: fraction of weights removed from every output row, in [0, 1); default 0.5.
             With N:M structures it is implied (1 − N/M) and may be omitted.
         structure: ``"unstructured"`` (per-row exact sparsity) or ``"N:M"`` such as ``"2:4"``,
             ``"4:8"`` (N kept of every M consecutive input weights of each row).
-        allocation: layer-wise sparsity allocation; ``"uniform"`` (every layer at ``sparsity``).
+        allocation: layer-wise sparsity allocation; ``"uniform"`` (every layer at ``sparsity``)
+            or ``"owl"`` (per-block sparsity from the dense model's outlier ratios, mean
+            ``sparsity``, each within ± ``owl_lambda``; unstructured only, needs calibration
+            data for every method).
+        owl_m: OWL outlier threshold M (scores above M · mean count as outliers).
+        owl_lambda: OWL λ, the largest deviation of a block's sparsity from ``sparsity``.
         batch_size: calibration sequences per forward call.
         progress: show progress bars.
 
@@ -83,17 +95,29 @@ def prune(
     if pruner.stats is not None and calibration is None:
         raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
     adapter = get_adapter(model)
+    n_blocks = len(adapter.blocks(model))
+    targets = [target] * n_blocks
+    if allocation == "owl":
+        if parsed.is_nm:
+            raise SparsenetsError(f"allocation 'owl' does not apply to N:M structure {parsed} (every layer is at 1 - N/M); use allocation='uniform'")
+        if calibration is None:
+            raise SparsenetsError("allocation 'owl' needs calibration token ids (Wanda scores of the dense model)")
+        if not owl_m > 0:
+            raise SparsenetsError(f"owl_m must be > 0, got {owl_m!r}")
+        targets = owl_allocation(model, calibration, target, m=owl_m, lam=owl_lambda, batch_size=batch_size,
+                                 adapter=adapter, progress=progress)
+        log.info("OWL block sparsities: %s", ", ".join(f"{t:.3f}" for t in targets))
     measured: dict[str, float] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         for name, layer in adapter.linears(block).items():
             weight = layer.weight.data  # (out, in)
             stat = stats[name].finalize() if name in stats else None
-            keep = pruner.prune_weight(weight, stat, target, parsed)
+            keep = pruner.prune_weight(weight, stat, targets[index], parsed)
             weight.mul_(keep.to(weight.device, weight.dtype))
             fqn = f"{adapter.block_name(index)}.{name}"
             measured[fqn] = float((weight == 0).sum()) / weight.numel()
-        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, target)
+        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, targets[index])
 
     sequential_calibration(
         model,
