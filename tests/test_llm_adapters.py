@@ -140,3 +140,12 @@ def test_bad_inputs_raise_one_line_errors():
     model.config.model_type = "gpt2"
     with pytest.raises(SparsenetsError, match="unsupported model type 'gpt2'"):
         get_adapter(model)
+
+
+def assert_exact_pattern(weight, structure: str, name: str = "") -> None:
+    """Every row has exactly half its weights zero (unstructured 50%) or exactly N of M kept."""
+    if structure == "unstructured":
+        assert ((weight == 0).sum(1) == weight.shape[1] // 2).all(), name
+    else:
+        n, m = (int(x) for x in structure.split(":"))
+        assert ((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) == n).all(), name
