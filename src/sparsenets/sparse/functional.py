@@ -20,12 +20,13 @@ import torch
 from ..errors import SparsenetsError
 from .csr import SUPPORTED_DTYPES
 
-# torch warns once per process that CSR support is "beta"; the ops used here are stable.
-warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-
 
 def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
-    return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    # torch warns that CSR support is "beta"; the ops used here are stable. The filter is scoped
+    # to this call so importing sparsenets leaves the user's warning filters untouched.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
 class SparseLinearFunction(torch.autograd.Function):
