@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench lint clean
+.PHONY: setup data demo test test-all bench bench-llm lint clean
 
 setup: $(STAMP) data
 
@@ -33,6 +33,9 @@ test-all: setup
 
 bench: setup
 	$(VPY) benchmarks/dst_fashion_mnist.py
+
+bench-llm: setup
+	$(VPY) benchmarks/llm_prune.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks

@@ -53,3 +53,28 @@ def test_smollm2_wanda_beats_magnitude_at_50_percent():
         ppl[method] = perplexity(model, windows, batch_size=4, progress=False)
     assert ppl["dense"] < ppl["wanda"] < ppl["magnitude"], ppl
     assert ppl["dense"] < 100 and ppl["magnitude"] > 2 * ppl["wanda"], ppl
+
+
+def test_smollm2_prune_llm_cli_saves_a_model_plain_transformers_loads(tmp_path, capsys):
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    import json
+
+    from transformers import AutoModelForCausalLM
+
+    from sparsenets.cli import main
+
+    out = tmp_path / "wanda50"
+    common = ["--seq-len", "128", "--device", "cpu", "--quiet"]
+    assert main(["prune-llm", "--model", "smollm2-135m", "--method", "wanda", "--sparsity", "0.5", "--calib-samples",
+                 "4", "--eval", "--eval-windows", "4", "--out", str(out), *common]) == 0
+    info = json.loads((out / "sparsity.json").read_text())
+    assert len(info["layers"]) == 210 and set(info["layers"].values()) == {0.5}
+    model = AutoModelForCausalLM.from_pretrained(out)  # plain transformers
+    assert model.lm_head.weight is model.model.embed_tokens.weight
+    assert float((model.model.layers[3].mlp.down_proj.weight == 0).float().mean()) == 0.5
+    capsys.readouterr()
+    assert main(["eval-ppl", "--model", str(out), "--windows", "4", "--json", *common]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["perplexity"] == pytest.approx(info["perplexity"]["value"], rel=1e-5)

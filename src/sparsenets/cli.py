@@ -1,4 +1,4 @@
-"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``.
+"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``, ``prune-llm``, ``eval-ppl``.
 
 Bad input prints one line ``sparsenets: error: …`` to stderr and exits with status 2, without a
 traceback.
@@ -42,7 +42,66 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print summary.json as is")
 
     sub.add_parser("methods", help="list the sparse training methods and their options")
+    _add_llm_commands(sub)
     return parser
+
+
+def _windows(value: str) -> int | None:
+    return None if value == "all" else _positive_int(value)
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
+    return number
+
+
+def _add_llm_commands(sub) -> None:
+    from .llm.pipeline import DEFAULT_EVAL_WINDOWS
+
+    prune = sub.add_parser("prune-llm", help="prune a pretrained causal LM in one shot and save it",
+                           description="Prune every Linear in the decoder blocks of a Hugging Face causal LM "
+                                       "(embeddings and lm_head untouched) and save it with save_pretrained "
+                                       "plus sparsity.json.")
+    prune.add_argument("--model", required=True, help="known name (smollm2-135m) or local HF model directory")
+    prune.add_argument("--method", default="wanda", help="magnitude, wanda (default) or sparsegpt")
+    prune.add_argument("--sparsity", type=float, help="fraction of weights removed, in [0, 1) (default 0.5; "
+                                                       "implied by --nm)")
+    prune.add_argument("--nm", metavar="N:M", help="N:M semi-structured sparsity, e.g. 2:4 or 4:8")
+    prune.add_argument("--allocation", default="uniform", help="uniform (default) or owl")
+    prune.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
+    prune.add_argument("--owl-lambda", type=float, default=0.08, help="OWL max deviation λ (default 0.08)")
+    prune.add_argument("--calib", default="austen", metavar="TEXT",
+                       help="calibration text: austen (default: Pride and Prejudice + Sense and Sensibility) "
+                            "or a plain text file (its first 80%%)")
+    prune.add_argument("--calib-samples", type=_positive_int, default=128, help="calibration windows (default 128)")
+    prune.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512)")
+    prune.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
+    prune.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward call")
+    prune.add_argument("--eval", action="store_true", help="measure perplexity after pruning (recorded in sparsity.json)")
+    prune.add_argument("--eval-text", default="austen", metavar="TEXT",
+                       help="perplexity text: austen (default: Emma) or a text file (its last 20%%)")
+    prune.add_argument("--eval-windows", type=_windows, default=DEFAULT_EVAL_WINDOWS,
+                       help=f"evaluation windows, or 'all' (default {DEFAULT_EVAL_WINDOWS})")
+    prune.add_argument("--out", required=True, help="output directory for the pruned model")
+    prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    prune.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    prune.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
+    ppl.add_argument("--model", required=True, help="known name (smollm2-135m) or local HF model directory")
+    ppl.add_argument("--text", default="austen", help="austen (default: Emma) or a text file (its last 20%%)")
+    ppl.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512)")
+    ppl.add_argument("--windows", type=_windows, default=DEFAULT_EVAL_WINDOWS,
+                     help=f"number of windows, or 'all' (default {DEFAULT_EVAL_WINDOWS})")
+    ppl.add_argument("--batch-size", type=_positive_int, default=4, help="windows per forward call")
+    ppl.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    ppl.add_argument("--json", action="store_true", help="print the result as JSON")
+    ppl.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -110,11 +169,63 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_prune_llm(args: argparse.Namespace) -> int:
+    from .llm.pipeline import make_calibration, make_eval, prune_pretrained
+    from .training import resolve_device
+
+    record = prune_pretrained(
+        args.model,
+        args.out,
+        method=args.method,
+        sparsity=args.sparsity,
+        structure=args.nm or "unstructured",
+        allocation=args.allocation,
+        owl_m=args.owl_m,
+        owl_lambda=args.owl_lambda,
+        calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed),
+        evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows) if args.eval else None,
+        batch_size=args.batch_size,
+        device=resolve_device(args.device),
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    layers = record["layers"]
+    values = list(layers.values())
+    print(f"pruned     {len(layers)} layers of {args.model} with {record['method']} "
+          f"({record['structure']}, {record['allocation']}) in {record['prune_seconds']:.1f} s")
+    print(f"sparsity   target {record['sparsity']:.4f}, measured mean {sum(values) / len(values):.4f} "
+          f"(min {min(values):.4f}, max {max(values):.4f})")
+    if "perplexity" in record:
+        print(f"perplexity {record['perplexity']['value']:.3f} ({record['perplexity']['protocol']['text']}, "
+              f"{record['perplexity']['protocol']['n_windows'] or 'all'} × {args.seq_len} tokens)")
+    print(f"saved      {record['out']} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
+def _cmd_eval_ppl(args: argparse.Namespace) -> int:
+    from .llm.pipeline import evaluate_pretrained, make_eval
+    from .training import resolve_device
+
+    result = evaluate_pretrained(args.model, make_eval(args.text, args.seq_len, args.windows),
+                                 batch_size=args.batch_size, device=resolve_device(args.device),
+                                 progress=not args.quiet)
+    if args.json:
+        print(json.dumps(result, indent=2))
+        return 0
+    protocol = result["protocol"]
+    print(f"perplexity {result['perplexity']:.3f} on {protocol['text']} "
+          f"({protocol['n_windows'] or 'all'} windows × {protocol['seq_len']} tokens, {result['seconds']:.1f} s)")
+    if result["saved"] is not None:
+        print(f"saved run  {result['saved']:.3f} (same protocol, recorded in sparsity.json)")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s")
-    commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods}
+    commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods,
+                "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
     try:
         return commands[args.command](args)
     except SparsenetsError as error:

@@ -22,6 +22,7 @@ from pydantic import (
 
 from .allocation import DISTRIBUTIONS
 from .data import DATASETS
+from .dst.backend import BACKENDS
 from .dst.registry import METHODS, method_options
 from .errors import SparsenetsError, check_density, choice_error
 from .models import MODELS
@@ -109,7 +110,24 @@ class TrainConfig(BaseModel):
     seed: int = 0
     device: str = "auto"
     threads: int | None = None
+    #: ``masked`` (dense weights times masks), ``sparse`` (CSR nn.Linear layers) or ``auto``.
+    backend: str = "masked"
     sparsity: SparsityConfig = SparsityConfig()
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, value: str) -> str:
+        if not isinstance(value, str) or value.lower() not in BACKENDS:
+            raise choice_error("backend", value, BACKENDS)
+        return value.lower()
+
+    @model_validator(mode="after")
+    def _backend_needs_sparsity(self) -> TrainConfig:
+        if self.backend != "masked" and self.sparsity.method == "dense":
+            raise SparsenetsError(
+                f"backend {self.backend!r} needs a sparse method (sparsity.method is 'dense')"
+            )
+        return self
 
     @field_validator("dataset", "model")
     @classmethod

@@ -3,11 +3,20 @@
 The model stays a plain ``nn.Module`` whose ``state_dict`` keys never change; weights at
 inactive positions are exactly zero. The store also tracks, per layer, which positions have
 ever been active (needed for the ITOP rate).
+
+A layer is kept in one of two layouts:
+
+* ``dense`` (default): a bool tensor of the parameter's shape (the masked backend);
+* ``compact``: the sorted flat indices ``(nnz,)`` int64 of the active positions, and of the
+  ever-active ones (the sparse backend, where nothing of the dense shape may live between
+  topology updates). Reading ``store[name]`` materializes a new bool tensor; inside
+  ``with store.expanded():`` the materialized masks are cached until the block ends.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 import torch
 from torch import nn
@@ -40,10 +49,27 @@ class MaskStore(Mapping[str, torch.Tensor]):
         # Float copies of the masks per dtype: multiplying by a float mask is ~100x faster
         # than by a bool mask on CPU. Invalidated whenever a mask changes.
         self._multipliers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._compact: set[str] = set()
+        # Materialized masks of compact layers, only inside ``expanded()``.
+        self._expanded: dict[str, torch.Tensor] | None = None
 
     # -- Mapping interface -------------------------------------------------------------------
     def __getitem__(self, name: str) -> torch.Tensor:
-        """The current mask of ``name`` (read it, do not edit it in place: use :meth:`set`)."""
+        """The current bool mask of ``name`` (read it, do not edit it in place: use :meth:`set`).
+
+        For a compact layer this is a new tensor (cached inside :meth:`expanded`).
+        """
+        stored = self._stored(name)
+        if name not in self._compact:
+            return stored
+        if self._expanded is not None:
+            cached = self._expanded.get(name)
+            if cached is None:
+                cached = self._expanded[name] = index_to_mask(stored, self._shapes[name])
+            return cached
+        return index_to_mask(stored, self._shapes[name])
+
+    def _stored(self, name: str) -> torch.Tensor:
         try:
             return self._masks[name]
         except KeyError:
@@ -56,16 +82,67 @@ class MaskStore(Mapping[str, torch.Tensor]):
         return len(self._masks)
 
     def __repr__(self) -> str:
-        body = ", ".join(f"{n}: {int(m.sum())}/{m.numel()}" for n, m in self._masks.items())
+        body = ", ".join(f"{n}: {self.nnz(n)}/{self.numel(n)}" for n in self._masks)
         return f"MaskStore({body})"
 
+    # -- layout ------------------------------------------------------------------------------
+    @property
+    def compact(self) -> frozenset[str]:
+        """Names of the layers kept as sorted flat indices (the sparse backend's layers)."""
+        return frozenset(self._compact)
+
+    def set_compact(self, name: str, compact: bool = True) -> None:
+        """Switch ``name`` to the compact (indices) layout, or back to a dense bool tensor."""
+        self._check_name(name)
+        if compact == (name in self._compact):
+            return
+        mask, ever = self[name], self.ever_active(name)
+        if compact:
+            self._compact.add(name)
+            self._masks[name] = mask_to_index(mask)
+            self._ever_active[name] = mask_to_index(ever)
+        else:
+            self._compact.discard(name)
+            self._masks[name], self._ever_active[name] = mask, ever
+        self._invalidate(name)
+
+    def index(self, name: str) -> torch.Tensor:
+        """Sorted flat indices ``(nnz,)`` int64 of the active positions of ``name``.
+
+        For a compact layer this is the stored tensor (do not edit it in place).
+        """
+        if name in self._compact:
+            return self._masks[name]
+        return mask_to_index(self[name])
+
+    @contextmanager
+    def expanded(self) -> Iterator[MaskStore]:
+        """Cache the materialized masks of compact layers until the block ends (update steps)."""
+        outer = self._expanded is None
+        if outer:
+            self._expanded = {}
+        try:
+            yield self
+        finally:
+            if outer:
+                self._expanded = None
+
     # -- writing -----------------------------------------------------------------------------
-    def set(self, name: str, mask: torch.Tensor) -> None:
-        """Replace the mask of ``name`` (validated: bool dtype, the parameter's shape)."""
+    def _check_name(self, name: str) -> None:
         if name not in self._shapes:
             raise SparsenetsError(
                 f"no masked parameter named {name!r} (masked: {', '.join(self._shapes)})"
             )
+
+    def _invalidate(self, name: str) -> None:
+        for key in [k for k in self._multipliers if k[0] == name]:
+            del self._multipliers[key]
+        if self._expanded is not None:
+            self._expanded.pop(name, None)
+
+    def set(self, name: str, mask: torch.Tensor) -> None:
+        """Replace the mask of ``name`` (validated: bool dtype, the parameter's shape)."""
+        self._check_name(name)
         if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:
             got = mask.dtype if isinstance(mask, torch.Tensor) else type(mask).__name__
             raise SparsenetsError(f"mask for {name!r} must be a torch.bool tensor, got {got}")
@@ -73,11 +150,15 @@ class MaskStore(Mapping[str, torch.Tensor]):
             raise SparsenetsError(
                 f"mask for {name!r} has shape {tuple(mask.shape)}, expected {self._shapes[name]}"
             )
-        mask = mask.to(self._device, copy=True)  # a private copy: callers may edit theirs
-        self._masks[name] = mask
-        self._ever_active[name] |= mask
-        for key in [k for k in self._multipliers if k[0] == name]:
-            del self._multipliers[key]
+        if name in self._compact:
+            index = mask_to_index(mask.to(self._device))
+            self._masks[name] = index
+            self._ever_active[name] = torch.unique(torch.cat([self._ever_active[name], index]))
+        else:
+            mask = mask.to(self._device, copy=True)  # a private copy: callers may edit theirs
+            self._masks[name] = mask
+            self._ever_active[name] |= mask
+        self._invalidate(name)
 
     def to(self, device: torch.device | str) -> MaskStore:
         """Move every mask to ``device`` (in place); returns ``self``."""
@@ -85,11 +166,18 @@ class MaskStore(Mapping[str, torch.Tensor]):
         self._masks = {n: m.to(self._device) for n, m in self._masks.items()}
         self._ever_active = {n: m.to(self._device) for n, m in self._ever_active.items()}
         self._multipliers.clear()
+        if self._expanded is not None:
+            self._expanded.clear()
         return self
 
     # -- applying ----------------------------------------------------------------------------
     def multiplier(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """The mask of ``name`` as 0/1 values of ``dtype`` (cached until the mask changes)."""
+        """The mask of ``name`` as 0/1 values of ``dtype`` (cached until the mask changes).
+
+        Dense layers only: a compact layer has no dense parameter to multiply.
+        """
+        if name in self._compact:
+            raise SparsenetsError(f"{name!r} is kept compact (sparse backend): it has no dense multiplier")
         key = (name, dtype)
         cached = self._multipliers.get(key)
         if cached is None:
@@ -98,13 +186,18 @@ class MaskStore(Mapping[str, torch.Tensor]):
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
-        """Zero the weights of ``model`` at inactive positions (in place)."""
+        """Zero the weights of ``model`` at inactive positions (in place; dense layers only)."""
         self.apply_to_(dict(model.named_parameters()))
 
     @torch.no_grad()
     def apply_to_(self, params: Mapping[str, torch.Tensor]) -> None:
-        """Zero ``params[name]`` at inactive positions for every masked name (in place)."""
+        """Zero ``params[name]`` at inactive positions for every dense-layout name (in place).
+
+        Compact layers are skipped: their values exist at active positions only.
+        """
         for name in self._masks:
+            if name in self._compact:
+                continue
             param = params[name]
             param.mul_(self.multiplier(name, param.dtype))
 
@@ -117,14 +210,16 @@ class MaskStore(Mapping[str, torch.Tensor]):
     def nnz(self, name: str | None = None) -> int:
         """Active positions in one layer, or in all masked layers when ``name`` is None."""
         if name is not None:
-            return int(torch.count_nonzero(self[name]))
-        return sum(int(torch.count_nonzero(m)) for m in self._masks.values())
+            stored = self._stored(name)
+            return stored.numel() if name in self._compact else int(torch.count_nonzero(stored))
+        return sum(self.nnz(n) for n in self._masks)
 
     def numel(self, name: str | None = None) -> int:
         """Positions in one layer, or in all masked layers."""
         if name is not None:
-            return self[name].numel()
-        return sum(m.numel() for m in self._masks.values())
+            self._stored(name)
+            return _numel(self._shapes[name])
+        return sum(_numel(shape) for shape in self._shapes.values())
 
     def density(self, name: str | None = None) -> float:
         """nnz / numel of one layer or of all masked layers together."""
@@ -132,14 +227,18 @@ class MaskStore(Mapping[str, torch.Tensor]):
 
     def ever_active(self, name: str) -> torch.Tensor:
         """Boolean tensor of the positions of ``name`` that have been active at any time."""
-        return self._ever_active[name]
+        ever = self._ever_active[name]
+        return index_to_mask(ever, self._shapes[name]) if name in self._compact else ever
+
+    def _ever_count(self, name: str) -> int:
+        ever = self._ever_active[name]
+        return ever.numel() if name in self._compact else int(ever.sum())
 
     def itop_rate(self, name: str | None = None) -> float:
         """In-Time Over-Parameterization rate: fraction of positions ever active."""
         if name is not None:
-            return int(self._ever_active[name].sum()) / self._ever_active[name].numel()
-        total = sum(int(m.sum()) for m in self._ever_active.values())
-        return total / self.numel()
+            return self._ever_count(name) / self.numel(name)
+        return sum(self._ever_count(n) for n in self._masks) / self.numel()
 
     def reset_ever_active(self) -> None:
         """Restart ITOP tracking from the current masks."""
@@ -147,25 +246,76 @@ class MaskStore(Mapping[str, torch.Tensor]):
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, torch.Tensor]:
-        """Flat ``{key: bool tensor}`` with keys ``mask/<name>`` and ``ever_active/<name>``.
+        """Flat ``{key: tensor}``: ``mask/<name>`` and ``ever_active/<name>`` (bool, dense
+        layers) or ``mask_index/<name>`` and ``ever_active_index/<name>`` (int64 sorted flat
+        indices, compact layers).
 
         Flat tensors only, so it can be written with ``safetensors`` or ``torch.save``.
         """
-        state = {f"mask/{n}": m.clone() for n, m in self._masks.items()}
-        state.update({f"ever_active/{n}": m.clone() for n, m in self._ever_active.items()})
+        state = {}
+        for name in self._masks:
+            suffix = "_index" if name in self._compact else ""
+            state[f"mask{suffix}/{name}"] = self._masks[name].clone()
+            state[f"ever_active{suffix}/{name}"] = self._ever_active[name].clone()
         return state
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        """Restore masks and ever-active record written by :meth:`state_dict` (validated)."""
-        expected = {f"mask/{n}" for n in self._shapes} | {f"ever_active/{n}" for n in self._shapes}
-        missing, unexpected = expected - set(state), set(state) - expected
+        """Restore masks and ever-active record written by :meth:`state_dict` (validated).
+
+        Either layout is accepted for any layer and converted to this store's layout.
+        """
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        unexpected, missing = [], []
+        for key, value in state.items():
+            kind, _, name = key.partition("/")
+            if name not in self._shapes or kind not in _STATE_KINDS:
+                unexpected.append(key)
+            else:
+                found.setdefault(name, {})[kind] = value
+        for name in self._shapes:
+            kinds = found.get(name, {})
+            for base in ("mask", "ever_active"):
+                if (base in kinds) == (f"{base}_index" in kinds):
+                    missing.append(f"{base}/{name}")
         if missing or unexpected:
             raise SparsenetsError(
                 f"mask state does not match the masked parameters "
                 f"(missing: {sorted(missing)}, unexpected: {sorted(unexpected)})"
             )
+        masks = {n: self._read(found[n], "mask", n) for n in self._shapes}
+        for name, mask in masks.items():
+            self.set(name, mask)
         for name in self._shapes:
-            self.set(name, state[f"mask/{name}"].to(torch.bool))
-        for name in self._shapes:
-            ever = state[f"ever_active/{name}"].to(device=self._device, dtype=torch.bool)
-            self._ever_active[name] = ever | self._masks[name]
+            ever = self._read(found[name], "ever_active", name) | masks[name]
+            self._ever_active[name] = mask_to_index(ever) if name in self._compact else ever
+
+    def _read(self, kinds: Mapping[str, torch.Tensor], base: str, name: str) -> torch.Tensor:
+        """A dense bool mask from a state entry in either layout."""
+        if base in kinds:
+            return kinds[base].to(device=self._device, dtype=torch.bool)
+        index = kinds[f"{base}_index"].to(device=self._device, dtype=torch.int64)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= self.numel(name)):
+            raise SparsenetsError(f"{base}_index/{name} holds positions outside the layer")
+        return index_to_mask(index, self._shapes[name])
+
+
+_STATE_KINDS = ("mask", "ever_active", "mask_index", "ever_active_index")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    count = 1
+    for dim in shape:
+        count *= dim
+    return count
+
+
+def mask_to_index(mask: torch.Tensor) -> torch.Tensor:
+    """Sorted flat indices ``(nnz,)`` int64 of the True positions of a bool tensor."""
+    return mask.reshape(-1).nonzero().squeeze(1)
+
+
+def index_to_mask(index: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
+    """The bool tensor of ``shape`` that is True at the flat positions ``index``."""
+    mask = torch.zeros(_numel(shape), dtype=torch.bool, device=index.device)
+    mask[index] = True
+    return mask.reshape(shape)

@@ -18,11 +18,23 @@ a Linear on ``(B, T, in)``, ``H_out · W_out`` for a Conv2d. A conv weight alrea
 ``C_in / groups`` input channels, so ``numel`` is the per-position MAC count for any ``groups``.
 A module called several times in one forward pass (weight sharing) accumulates its positions; a
 module never called counts 0.
+
+A :class:`~sparsenets.sparse.SparseLinear` counts as a Linear layer whose weight is named
+``<module>.weight`` (its dense shape), with its stored values as the active weights.
+
+Stored bytes
+------------
+:func:`stored_bytes` gives what a weight (plus its bias) takes stored dense and stored as CSR:
+dense ``= numel · itemsize``; CSR ``= nnz · itemsize`` (values) ``+ nnz · index itemsize``
+(column indices) ``+ (rows + 1) · index itemsize`` (row pointers); the bias, when present,
+adds the same to both. A weight of more than two dimensions is stored as the
+``(out, numel / out)`` matrix.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -31,6 +43,8 @@ from torch import nn
 
 from .errors import SparsenetsError
 from .masks import MaskStore
+from .sparse import SparseLinear
+from .sparse.csr import index_dtype_for
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +61,32 @@ def _weight_name(module_name: str) -> str:
 
 
 def flop_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``{weight name: module}`` of every Linear/Conv layer of ``model`` with a weight."""
+    """``{weight name: module}`` of every Linear/Conv/SparseLinear layer of ``model``."""
     return {
         _weight_name(name): module
         for name, module in model.named_modules()
-        if isinstance(module, FLOP_MODULE_TYPES) and getattr(module, "weight", None) is not None
+        if isinstance(module, SparseLinear)
+        or (isinstance(module, FLOP_MODULE_TYPES) and getattr(module, "weight", None) is not None)
     }
+
+
+def weight_shape(module: nn.Module) -> tuple[int, ...]:
+    """The (dense) weight shape of a Linear/Conv/SparseLinear module."""
+    return module.shape if isinstance(module, SparseLinear) else tuple(module.weight.shape)
+
+
+def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
+    """``{name: shape}`` of every parameter, plus ``<module>.weight`` of each SparseLinear."""
+    shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            shapes[_weight_name(name)] = module.shape
+    return shapes
+
+
+def mask_nnz(masks: Mapping[str, torch.Tensor], name: str) -> int:
+    """Active positions of ``masks[name]`` (a MaskStore answers without materializing)."""
+    return masks.nnz(name) if isinstance(masks, MaskStore) else _mask_nnz(masks[name])
 
 
 def _count(value: int, batch: int) -> int | float:
@@ -115,7 +149,7 @@ def output_positions(
 
 def _out_width(module: nn.Module) -> int:
     """Output features (Linear) or channels (conv) of one output position."""
-    return module.out_features if isinstance(module, nn.Linear) else module.out_channels
+    return module.out_features if isinstance(module, nn.Linear | SparseLinear) else module.out_channels
 
 
 def module_dims(module: nn.Module) -> int:
@@ -172,8 +206,11 @@ def layer_flops(
     total_dense: int | float = 0
     total_sparse: int | float = 0
     for name, module in modules.items():
-        numel = module.weight.numel()
-        nnz = _mask_nnz(masks[name]) if name in masks else numel
+        numel = math.prod(weight_shape(module))
+        if name in masks:
+            nnz = mask_nnz(masks, name)
+        else:
+            nnz = module.nnz if isinstance(module, SparseLinear) else numel
         dense, sparse = 2 * numel * positions[name], 2 * nnz * positions[name]
         total_dense += dense
         total_sparse += sparse
@@ -198,8 +235,11 @@ def layer_flops(
 def density_by_layer(masks: Mapping[str, torch.Tensor]) -> dict[str, dict[str, Any]]:
     """``{name: {"numel", "nnz", "density"}}`` of each mask (bool or 0/1 tensor)."""
     out = {}
-    for name, mask in masks.items():
-        numel, nnz = mask.numel(), _mask_nnz(mask)
+    for name in masks:
+        if isinstance(masks, MaskStore):
+            numel, nnz = masks.numel(name), masks.nnz(name)
+        else:
+            numel, nnz = masks[name].numel(), _mask_nnz(masks[name])
         out[name] = {"numel": numel, "nnz": nnz, "density": nnz / numel if numel else 0.0}
     return out
 
@@ -240,7 +280,10 @@ def measured_density(model: nn.Module, names: Iterable[str] | None = None) -> di
     Raises:
         SparsenetsError: a name that is not a parameter of ``model``.
     """
-    params = dict(model.named_parameters())
+    params: dict[str, torch.Tensor] = dict(model.named_parameters())
+    for name, module in model.named_modules():
+        if isinstance(module, SparseLinear):
+            params[_weight_name(name)] = module.dense_weight()
     names = list(flop_modules(model)) if names is None else list(names)
     unknown = [n for n in names if n not in params]
     if unknown:
@@ -248,3 +291,60 @@ def measured_density(model: nn.Module, names: Iterable[str] | None = None) -> di
             f"no parameter named {unknown[0]!r} in the model (parameters: {', '.join(params)})"
         )
     return {n: _mask_nnz(params[n].detach()) / max(params[n].numel(), 1) for n in names}
+
+
+def stored_bytes(
+    shape: Sequence[int],
+    nnz: int,
+    value_dtype: torch.dtype,
+    index_dtype: torch.dtype | None = None,
+    bias: int = 0,
+) -> dict[str, int]:
+    """Bytes of a weight stored dense and stored as CSR (pure; see the module docstring).
+
+    Args:
+        shape: the dense weight shape ``(out, ...)``.
+        nnz: stored (active) weights.
+        value_dtype: dtype of the weights (and of the bias).
+        index_dtype: dtype of the CSR indices; default what a ``SparseLinear`` would use
+            (int32 when every index fits, else int64).
+        bias: entries of the bias (0 without one); counted on both sides.
+
+    Returns:
+        ``{"dense": numel · itemsize + bias, "sparse": values + col indices + row pointers + bias}``.
+    """
+    shape = tuple(int(d) for d in shape) or (1,)
+    rows = shape[0] if len(shape) > 1 else 1
+    numel = math.prod(shape)
+    cols = numel // rows if rows else 0
+    index_dtype = index_dtype or index_dtype_for((rows, cols), int(nnz))
+    value_size = torch.empty((), dtype=value_dtype).element_size()
+    index_size = torch.empty((), dtype=index_dtype).element_size()
+    bias_bytes = int(bias) * value_size
+    return {
+        "dense": numel * value_size + bias_bytes,
+        "sparse": int(nnz) * (value_size + index_size) + (rows + 1) * index_size + bias_bytes,
+    }
+
+
+def layer_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, dict[str, int]]:
+    """:func:`stored_bytes` of every masked weight of ``model`` (at the real dtypes).
+
+    A ``SparseLinear`` counts its own value and index dtypes; a dense parameter counts the CSR
+    it would be stored as. The bias of the weight's module is included on both sides.
+    """
+    modules = flop_modules(model)
+    params = dict(model.named_parameters())
+    out = {}
+    for name in masks:
+        module = modules.get(name)
+        bias = getattr(module, "bias", None) if module is not None else None
+        bias_numel = bias.numel() if isinstance(bias, torch.Tensor) else 0
+        if isinstance(module, SparseLinear):
+            out[name] = stored_bytes(
+                module.shape, module.nnz, module.values.dtype, module.col_indices.dtype, bias_numel
+            )
+        else:
+            param = params[name]
+            out[name] = stored_bytes(param.shape, mask_nnz(masks, name), param.dtype, None, bias_numel)
+    return out

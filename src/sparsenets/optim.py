@@ -7,7 +7,8 @@ Adam's ``step`` is shared by the whole tensor and left alone.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 import torch
 from torch import nn
@@ -47,3 +48,40 @@ def reset_state_(optimizer: torch.optim.Optimizer, param: nn.Parameter, position
     """
     for tensor in per_element_state(optimizer, param):
         tensor.masked_fill_(positions, 0)
+
+
+def mapped_state(
+    optimizer: torch.optim.Optimizer, param: nn.Parameter, fn: Callable[[torch.Tensor], torch.Tensor]
+) -> dict[str, Any]:
+    """A copy of ``optimizer.state[param]`` with ``fn`` applied to each per-element tensor.
+
+    Scalar state (Adam's ``step``) is kept as is. Read it while ``param`` still has the shape
+    the state refers to (e.g. before a sparse layer changes its number of nonzeros).
+    """
+    state = optimizer.state.get(param, {})
+    return {
+        key: fn(value) if isinstance(value, torch.Tensor) and value.shape == param.shape else value
+        for key, value in state.items()
+    }
+
+
+def replace_param_(
+    optimizer: torch.optim.Optimizer,
+    old: nn.Parameter,
+    new: nn.Parameter,
+    fn: Callable[[torch.Tensor], torch.Tensor],
+) -> None:
+    """Make ``optimizer`` hold ``new`` where it held ``old`` (same group, same position).
+
+    The state of ``old`` is carried over with ``fn`` applied to its per-element tensors (e.g.
+    gathering a dense momentum at the nonzeros of a sparse layer); ``old`` keeps no state.
+    """
+    for group in optimizer.param_groups:
+        params = group["params"]
+        for index, param in enumerate(params):
+            if param is old:
+                params[index] = new
+    state = mapped_state(optimizer, old, fn)
+    optimizer.state.pop(old, None)
+    if state:
+        optimizer.state[new] = state

@@ -9,6 +9,11 @@ Usage::
 FLOPs follow :mod:`sparsenets.metrics`: one forward pass of one sample, 2 × MACs of the
 Linear/Conv weight products, biases ignored. Totals of FLOPs cover every Linear/Conv layer
 (unmasked ones counted dense); totals of numel/nnz/density cover the masked layers only.
+
+Stored bytes (:func:`sparsenets.metrics.stored_bytes`) compare each masked weight (with its
+module's bias) stored dense against stored as CSR (values + column indices + row pointers);
+totals cover the masked layers. The ``backend`` column says how a layer is held now: ``sparse``
+for a :class:`~sparsenets.sparse.SparseLinear`, ``masked`` otherwise.
 """
 
 from __future__ import annotations
@@ -31,8 +36,11 @@ from .metrics import (
     density_by_layer,
     flop_modules,
     itop_rates,
+    layer_bytes,
     layer_flops,
+    weight_shapes,
 )
+from .sparse import SparseLinear
 
 if TYPE_CHECKING:
     from .dst.sparsifier import DynamicSparsity
@@ -40,7 +48,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Number = int | float
-COLUMNS = ("layer", "shape", "density", "nnz/numel", "FLOPs dense", "FLOPs sparse", "ITOP")
+COLUMNS = (
+    "layer", "backend", "shape", "density", "nnz/numel", "FLOPs dense", "FLOPs sparse",
+    "bytes dense", "bytes CSR", "ITOP",
+)
 
 
 @dataclass
@@ -49,7 +60,9 @@ class LayerReport:
 
     ``flops_*`` are per sample and forward pass (None for a masked parameter that is not a
     Linear/Conv weight); ``itop_rate`` is None when no ever-active record is known (masks given
-    as a plain mapping, or derived from ``weight != 0``).
+    as a plain mapping, or derived from ``weight != 0``). ``bytes_dense``/``bytes_sparse``: the
+    weight and its bias stored dense / as CSR; ``backend``: ``masked`` or ``sparse`` (None in
+    reports written before these fields existed).
     """
 
     name: str
@@ -60,6 +73,9 @@ class LayerReport:
     flops_dense: Number | None
     flops_sparse: Number | None
     itop_rate: float | None = None
+    backend: str | None = None
+    bytes_dense: int | None = None
+    bytes_sparse: int | None = None
 
 
 class Totals(TypedDict):
@@ -72,6 +88,8 @@ class Totals(TypedDict):
     flops_sparse: Number
     flops_ratio: float | None
     itop_rate: float | None
+    bytes_dense: int | None
+    bytes_sparse: int | None
 
 
 @dataclass
@@ -119,11 +137,14 @@ class Report:
         rows = [
             (
                 layer.name,
+                layer.backend or "-",
                 format_shape(layer.shape),
                 format_percent(layer.density),
                 f"{human(layer.nnz)}/{human(layer.numel)}",
                 human(layer.flops_dense),
                 human(layer.flops_sparse),
+                human_bytes(layer.bytes_dense),
+                human_bytes(layer.bytes_sparse),
                 format_percent(layer.itop_rate),
             )
             for layer in self.layers
@@ -133,10 +154,13 @@ class Report:
             (
                 "TOTAL",
                 "",
+                "",
                 format_percent(t["density"]),
                 f"{human(t['nnz'])}/{human(t['numel'])}",
                 human(t["flops_dense"]),
                 human(t["flops_sparse"]),
+                human_bytes(t.get("bytes_dense")),
+                human_bytes(t.get("bytes_sparse")),
                 format_percent(t["itop_rate"]),
             )
         )
@@ -150,7 +174,15 @@ class Report:
             "FLOPs per sample and forward pass (2 x MACs, all Linear/Conv layers): "
             f"sparse/dense = {ratio_text}"
         )
-        return [flops_line, self._updates_line()]
+        lines = [flops_line]
+        dense, sparse = self.totals.get("bytes_dense"), self.totals.get("bytes_sparse")
+        if dense and sparse is not None:
+            lines.append(
+                "stored bytes of the masked weights and their biases: dense "
+                f"{human_bytes(dense)}, CSR (values + col + crow indices) {human_bytes(sparse)} "
+                f"= {sparse / dense:.3f} of dense"
+            )
+        return [*lines, self._updates_line()]
 
     def _updates_line(self) -> str:
         itop = self.totals["itop_rate"]
@@ -209,6 +241,11 @@ def human(value: Number | None) -> str:
     raise AssertionError("unreachable")
 
 
+def human_bytes(value: Number | None) -> str:
+    """``1234 -> "1.23KB"``, None -> ``"-"`` (decimal units)."""
+    return "-" if value is None else f"{human(value)}B"
+
+
 def format_percent(value: float | None) -> str:
     """``0.1 -> "10.0%"``, ``0.0005 -> "0.05%"``, None -> ``"-"``."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -225,7 +262,10 @@ def format_shape(shape: Sequence[int]) -> str:
 # -- building --------------------------------------------------------------------------------
 def _nonzero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Masks ``weight != 0`` of every Linear/Conv weight (for pruned models without masks)."""
-    masks = {name: module.weight.detach() != 0 for name, module in flop_modules(model).items()}
+    masks = {
+        name: module.mask() if isinstance(module, SparseLinear) else module.weight.detach() != 0
+        for name, module in flop_modules(model).items()
+    }
     if not masks:
         raise SparsenetsError(
             "the model has no nn.Linear/nn.Conv weight to report on; pass masks={name: mask}"
@@ -237,16 +277,16 @@ def _check_masks(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
     """Raise unless every mask names a parameter of ``model`` and has its shape."""
     if len(masks) == 0:
         raise SparsenetsError("masks is empty: nothing to report")
-    params = dict(model.named_parameters())
-    for name, mask in masks.items():
+    params = weight_shapes(model)
+    shapes = masks.shapes if isinstance(masks, MaskStore) else {n: tuple(m.shape) for n, m in masks.items()}
+    for name, shape in shapes.items():
         if name not in params:
             raise SparsenetsError(
                 f"mask {name!r} names no parameter of the model (parameters: {', '.join(params)})"
             )
-        if tuple(mask.shape) != tuple(params[name].shape):
+        if tuple(shape) != tuple(params[name]):
             raise SparsenetsError(
-                f"mask for {name!r} has shape {tuple(mask.shape)}, "
-                f"expected {tuple(params[name].shape)}"
+                f"mask for {name!r} has shape {tuple(shape)}, expected {tuple(params[name])}"
             )
 
 
@@ -263,6 +303,8 @@ def _totals(
         flops_sparse=flops_total["flops_sparse"],
         flops_ratio=flops_total["flops_ratio"],
         itop_rate=store.itop_rate() if store is not None else None,
+        bytes_dense=sum(layer.bytes_dense or 0 for layer in layers),
+        bytes_sparse=sum(layer.bytes_sparse or 0 for layer in layers),
     )
 
 
@@ -303,16 +345,21 @@ def report(
     flops = layer_flops(model, masks, example_input)
     flops_total = flops.pop(TOTAL)  # other keys are Linear/Conv weight names, never "total"
     itop = itop_rates(store) if store is not None else {}
+    stored = layer_bytes(model, masks)
+    modules = flop_modules(model)
     layers = [
         LayerReport(
             name=name,
-            shape=tuple(masks[name].shape),
+            shape=tuple(store.shapes[name] if store is not None else masks[name].shape),
             numel=counts["numel"],
             nnz=counts["nnz"],
             density=counts["density"],
             flops_dense=flops[name]["flops_dense"] if name in flops else None,
             flops_sparse=flops[name]["flops_sparse"] if name in flops else None,
             itop_rate=itop.get(name),
+            backend="sparse" if isinstance(modules.get(name), SparseLinear) else "masked",
+            bytes_dense=stored[name]["dense"],
+            bytes_sparse=stored[name]["sparse"],
         )
         for name, counts in density_by_layer(masks).items()
     ]

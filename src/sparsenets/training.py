@@ -45,6 +45,7 @@ from .models import build_model
 from .plots import plot_accuracy, plot_itop, plot_layer_density
 from .report import report
 from .rng import generator
+from .sparse import save_sparse, sparse_layers
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,9 @@ class Trainer:
     steps_per_epoch: int
 
     @classmethod
-    def build(cls, config: TrainConfig) -> Trainer:
+    def build(cls, config: TrainConfig, backends: dict[str, str] | None = None) -> Trainer:
+        """Build everything from ``config``; ``backends`` (``{layer: "masked"|"sparse"}``, from
+        a checkpoint) overrides ``config.backend`` so a resumed ``auto`` run keeps its layout."""
         device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
@@ -105,6 +108,8 @@ class Trainer:
                 exclude=spec.exclude,
                 dense_first=spec.dense_first,
                 dense_last=spec.dense_last,
+                backend=backends if backends is not None else config.backend,
+                auto_batch_size=config.batch_size,
                 **spec.options,
             )
         return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch)
@@ -159,7 +164,10 @@ class Trainer:
         """Write the checkpoint directory atomically (a crash leaves the previous one intact)."""
 
         def fill(tmp: Path) -> None:
-            save_tensors(tmp / "model.safetensors", self.model.state_dict())
+            if sparse_layers(self.model):  # CSR parts plus metadata: load_sparse reads it
+                save_sparse(self.model, tmp / "model.safetensors")
+            else:
+                save_tensors(tmp / "model.safetensors", self.model.state_dict())
             extra: dict[str, Any] = {
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
@@ -248,7 +256,10 @@ def run_training(
     run_dir = Path(run_dir)
     if not resume:
         check_run_dir(run_dir, overwrite)
-    trainer = Trainer.build(config)  # validates data, device and sparsity before anything is written
+    # A resumed run keeps the per-layer layout of its checkpoint (``auto`` is not re-measured).
+    backends = checkpoint_backends(run_dir / "checkpoint") if resume and config.sparsity.method != "dense" else None
+    # Building validates data, device and sparsity before anything is written.
+    trainer = Trainer.build(config, backends)
     if not resume:
         prepare_run_dir(run_dir, overwrite)
     write_text(run_dir / "config.yaml", config.to_yaml())
@@ -285,6 +296,15 @@ def run_training(
     summary = make_summary(trainer, state, run_dir)
     write_json(run_dir / "summary.json", summary)
     return summary
+
+
+def checkpoint_backends(path: Path) -> dict[str, str] | None:
+    """The per-layer backends saved in a checkpoint (None when it records none)."""
+    if not (path / "state.pt").is_file():
+        raise SparsenetsError(f"no checkpoint in {str(path)!r} (expected {path / 'state.pt'})")
+    sparsifier = load_torch(path / "state.pt").get("sparsifier") or {}
+    backends = sparsifier.get("backends")
+    return dict(backends) if backends else None
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -326,6 +346,8 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
         "topology_seconds": topology_seconds,
         "topology_overhead": topology_seconds / state["train_seconds"] if state["train_seconds"] else 0.0,
         "topology_updates": len(sparsifier.history) if sparsifier is not None else 0,
+        "backend": config.backend,
+        "backends": dict(sparsifier.backends) if sparsifier is not None else {},
         "device": str(trainer.device),
         "report": rep_dict,
         "plots": plots,

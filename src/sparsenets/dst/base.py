@@ -2,7 +2,9 @@
 
 A method is a frozen dataclass of hyperparameters. It never owns tensors: per-run state (masks,
 buffers such as SNFS's momentum) lives in the :class:`~sparsenets.dst.sparsifier.DynamicSparsity`
-passed to every hook as ``ctx``. ``update`` returns the new masks; the sparsifier applies them,
+passed to every hook as ``ctx``. Methods read the dense weight and the gradient at active
+positions through ``ctx.weight(name)`` and ``ctx.grad(name)`` (materialized at update steps on
+the sparse backend), so one code path drives both backends. ``update`` returns the new masks; the sparsifier applies them,
 zeroes dropped weights, initialises grown ones and resets their optimizer state in one place.
 """
 
@@ -55,6 +57,11 @@ class Method:
     name: ClassVar[str] = "static"
     #: whether ``update`` needs the dense gradient (before masking) at update steps.
     needs_dense_grad: ClassVar[bool] = False
+    #: whether the method runs on the sparse (CSR) backend. Methods read weights and gradients
+    #: through ``ctx.weight(name)`` / ``ctx.grad(name)``, which work on both backends.
+    sparse_backend: ClassVar[bool] = True
+    #: why not, when ``sparse_backend`` is False (shown in the error).
+    sparse_unsupported_reason: ClassVar[str] = ""
 
     def __post_init__(self) -> None:
         check_option_types(self)
@@ -136,7 +143,7 @@ class DropAndGrow(Method):
     # -- scores (override in presets) --------------------------------------------------------
     def drop_score(self, ctx: DynamicSparsity, name: str, grads: Grads | None) -> torch.Tensor:
         """Score of active weights; the lowest are dropped. Default |w|."""
-        return magnitude(ctx.params[name])
+        return magnitude(ctx.weight(name))
 
     def grow_score(
         self, ctx: DynamicSparsity, name: str, grads: Grads | None, gen: torch.Generator, n_grow: int

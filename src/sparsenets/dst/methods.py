@@ -69,6 +69,10 @@ class SNFS(DropAndGrow):
     """
 
     name: ClassVar[str] = "snfs"
+    sparse_backend: ClassVar[bool] = False
+    sparse_unsupported_reason: ClassVar[str] = (
+        "it keeps a dense momentum of the dense gradient, updated every step"
+    )
     momentum: float = 0.9
 
     def attach(self, ctx):
@@ -108,7 +112,7 @@ class MEST(DropAndGrow):
     grad_weight: float = 1.0
 
     def drop_score(self, ctx, name, grads):
-        return mest_drop_score(ctx.params[name], ctx.params[name].grad, self.grad_weight)
+        return mest_drop_score(ctx.weight(name), ctx.grad(name), self.grad_weight)
 
     def grow_score(self, ctx, name, grads, gen, n_grow):
         return random_scores(ctx.masks[name].shape, gen, ctx.device)
@@ -139,7 +143,7 @@ class CTRE(DropAndGrow):
             raise SparsenetsError(f"random_fraction must be in [0, 1], got {self.random_fraction}")
 
     def attach(self, ctx):
-        for name in ctx.params:
+        for name in ctx.masks:
             module = ctx.model.get_submodule(name.rpartition(".")[0])
             ctx.add_forward_hook(module, _CosineCapture(ctx, self, name))
 

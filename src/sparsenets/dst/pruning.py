@@ -85,7 +85,7 @@ class GMP(DropAndGrow):
         for index, (name, mask) in enumerate(ctx.masks.items()):
             n_prune = max(int(mask.sum()) - keep[name], 0)
             pruned = select_bottomk(
-                magnitude(ctx.params[name]), n_prune, mask, generator=ctx.generator(step, index, 0)
+                magnitude(ctx.weight(name)), n_prune, mask, generator=ctx.generator(step, index, 0)
             )
             new_masks[name] = mask & ~pruned
         return new_masks
@@ -116,7 +116,7 @@ class GraNet(GMP):
             n_regrow = min(round(fraction * nnz), nnz, old_mask.numel() - int(old_mask.sum()))
             after_drop = drop_and_grow(
                 mask,
-                drop_score=magnitude(ctx.params[name]),
+                drop_score=magnitude(ctx.weight(name)),
                 grow_score=None,
                 n_drop=n_regrow,
                 n_grow=0,

@@ -15,6 +15,7 @@ Nothing is imported from transformers until a model is loaded.
 from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
 from .data import calibration_batches, eval_windows, load_novel
+from .export import layer_sparsity, read_sparsity_info, save_pruned, sparsity_summary
 from .methods import (
     METHODS,
     LayerPruner,
@@ -25,11 +26,29 @@ from .methods import (
 )
 from .models import KNOWN_MODELS, load_causal_lm, load_tokenizer, resolve_model_dir
 from .perplexity import perplexity
+from .pipeline import (
+    CalibrationProtocol,
+    EvalProtocol,
+    evaluate_pretrained,
+    make_calibration,
+    make_eval,
+    prune_pretrained,
+)
 from .prune import ALLOCATIONS, prune
 from .stats import GramStats, InputNormStats
 
 __all__ = [
     "ALLOCATIONS",
+    "CalibrationProtocol",
+    "EvalProtocol",
+    "evaluate_pretrained",
+    "layer_sparsity",
+    "make_calibration",
+    "make_eval",
+    "prune_pretrained",
+    "read_sparsity_info",
+    "save_pruned",
+    "sparsity_summary",
     "KNOWN_MODELS",
     "METHODS",
     "DecoderAdapter",

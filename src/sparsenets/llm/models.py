@@ -14,6 +14,7 @@ import logging
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -121,7 +122,11 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
 
 def load_causal_lm(
-    name_or_path: str | Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    name_or_path: str | Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
 ) -> torch.nn.Module:
     """Load a causal LM (``AutoModelForCausalLM``) offline, in eval mode.
 
@@ -129,6 +134,7 @@ def load_causal_lm(
         name_or_path: a local HF model directory, or a known name (``smollm2-135m``).
         dtype: parameter dtype (float32 by default; pruning statistics are computed in float32+).
         device: where to put the model.
+        progress: show transformers' weight-loading progress bar.
 
     Returns:
         The model; ``model(input_ids)`` maps (B, T) int64 token ids to logits (B, T, vocab).
@@ -137,8 +143,24 @@ def load_causal_lm(
 
     _offline()
     directory = resolve_model_dir(name_or_path)
-    model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+    with progress_bars(progress):
+        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     return model.to(device).eval()
+
+
+@contextmanager
+def progress_bars(enabled: bool):
+    """Temporarily silence transformers' progress bars (restored afterwards)."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    if not enabled:
+        hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled and not enabled:
+            hf_logging.enable_progress_bar()
 
 
 def load_tokenizer(name_or_path: str | Path):

@@ -50,6 +50,14 @@ def resolve_sparsity(sparsity: float | None, structure: str | Structure) -> tupl
     return _check_sparsity(0.5 if sparsity is None else sparsity), parsed
 
 
+def check_allocation(allocation: str, structure: Structure) -> None:
+    """Reject an unknown allocation, and OWL with N:M (where every layer is at 1 − N/M)."""
+    if allocation not in ALLOCATIONS:
+        raise choice_error("allocation", allocation, ALLOCATIONS)
+    if allocation == "owl" and structure.is_nm:
+        raise SparsenetsError(f"allocation 'owl' does not apply to N:M structure {structure} (every layer is at 1 - N/M); use allocation='uniform'")
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -90,16 +98,13 @@ def prune(
     """
     pruner = get_method(method)
     target, parsed = resolve_sparsity(sparsity, structure)
-    if allocation not in ALLOCATIONS:
-        raise choice_error("allocation", allocation, ALLOCATIONS)
+    check_allocation(allocation, parsed)
     if pruner.stats is not None and calibration is None:
         raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
     adapter = get_adapter(model)
     n_blocks = len(adapter.blocks(model))
     targets = [target] * n_blocks
     if allocation == "owl":
-        if parsed.is_nm:
-            raise SparsenetsError(f"allocation 'owl' does not apply to N:M structure {parsed} (every layer is at 1 - N/M); use allocation='uniform'")
         if calibration is None:
             raise SparsenetsError("allocation 'owl' needs calibration token ids (Wanda scores of the dense model)")
         if not owl_m > 0:

@@ -1,7 +1,14 @@
 """Truly sparse execution: CSR linear layers, exact conversion and sparse model files."""
 
-from .convert import load_sparse, save_sparse, sparse_layers, to_dense, to_sparse
-from .csr import CSRStructure, build_structure, csr_to_mask, structure_from_csr
+from .convert import (
+    load_sparse,
+    save_sparse,
+    sparse_layers,
+    sparsify_linear_,
+    to_dense,
+    to_sparse,
+)
+from .csr import CSRStructure, build_structure, csr_to_mask, flat_index, remap, structure_from_csr
 from .functional import SparseLinearFunction, sparse_linear
 from .layer import SparseLinear
 
@@ -11,10 +18,13 @@ __all__ = [
     "SparseLinearFunction",
     "build_structure",
     "csr_to_mask",
+    "flat_index",
     "load_sparse",
+    "remap",
     "save_sparse",
     "sparse_layers",
     "sparse_linear",
+    "sparsify_linear_",
     "structure_from_csr",
     "to_dense",
     "to_sparse",

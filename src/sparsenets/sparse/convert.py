@@ -79,6 +79,30 @@ def to_sparse(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
     return result
 
 
+def sparsify_linear_(model: nn.Module, name: str, mask: torch.Tensor) -> SparseLinear:
+    """Replace the ``nn.Linear`` at module path ``name`` of ``model`` in place by a ``SparseLinear``.
+
+    The new layer holds ``weight[mask]`` (``mask``: bool ``(out, in)``) and shares the
+    original ``bias`` Parameter (so an optimizer holding it keeps it and its state). The old
+    weight Parameter is no longer referenced by the model. Returns the new layer.
+
+    Raises:
+        SparsenetsError: ``name`` is not an ``nn.Linear`` inside ``model`` (the root itself cannot
+            be replaced in place).
+    """
+    module = model.get_submodule(name) if name else model
+    if name == "" or type(module) is not nn.Linear:
+        raise SparsenetsError(
+            f"module {name!r} cannot be made sparse in place: it must be an nn.Linear inside the "
+            f"model, got {type(module).__name__}{' (the model itself)' if name == '' else ''}"
+        )
+    layer = SparseLinear.from_dense(module, mask)
+    if module.bias is not None:
+        layer.bias = module.bias
+    model.set_submodule(name, layer)
+    return layer
+
+
 def to_dense(model: nn.Module) -> nn.Module:
     """A deep copy of ``model`` with every ``SparseLinear`` replaced by an exact ``nn.Linear``."""
     result = copy.deepcopy(model)

@@ -163,3 +163,34 @@ def csr_to_dense(
     dense = torch.zeros(shape, dtype=values.dtype, device=values.device)
     dense[row_indices(crow_indices), col_indices.to(torch.int64)] = values
     return dense
+
+
+def flat_index(crow_indices: torch.Tensor, col_indices: torch.Tensor, in_features: int) -> torch.Tensor:
+    """``(nnz,)`` int64 flat positions ``row * in + col`` of the stored entries (sorted).
+
+    CSR order is row-major with sorted columns, so the result is ascending and equals the flat
+    indices of ``mask.nonzero()`` for the layer's mask.
+    """
+    return row_indices(crow_indices) * int(in_features) + col_indices.to(torch.int64)
+
+
+def remap(values: torch.Tensor, old_index: torch.Tensor, new_index: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
+    """Move per-nonzero ``values`` from one topology to another (pure).
+
+    Args:
+        values: ``(nnz_old, ...)`` one entry per stored position of the old topology.
+        old_index: ``(nnz_old,)`` sorted flat positions of the old topology.
+        new_index: ``(nnz_new,)`` sorted flat positions of the new topology.
+        fill: the value at positions that are new (not in ``old_index``).
+
+    Returns:
+        ``(nnz_new, ...)``: ``values`` of the kept positions, ``fill`` at the new ones; values at
+        dropped positions are discarded.
+    """
+    result = torch.full((new_index.numel(), *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    if old_index.numel() == 0 or new_index.numel() == 0:
+        return result
+    where = torch.searchsorted(old_index, new_index).clamp_(max=old_index.numel() - 1)
+    kept = old_index[where] == new_index
+    result[kept] = values[where[kept]]
+    return result

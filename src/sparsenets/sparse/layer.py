@@ -16,6 +16,7 @@ from .csr import (
     check_mask,
     csr_to_dense,
     csr_to_mask,
+    flat_index,
     index_dtype_for,
     structure_from_csr,
 )
@@ -77,20 +78,23 @@ class SparseLinear(nn.Module):
         """A ``SparseLinear`` holding ``linear.weight[mask]`` (and a copy of its bias).
 
         Weights outside ``mask`` are dropped; the layer computes ``linear`` with its weight
-        multiplied by ``mask``.
+        multiplied by ``mask``. The global random state is left untouched.
         """
         if not isinstance(linear, nn.Linear):
             raise SparsenetsError(f"from_dense needs an nn.Linear, got {type(linear).__name__}")
         weight = linear.weight
         check_mask(mask, tuple(weight.shape))
-        layer = cls(
-            linear.in_features,
-            linear.out_features,
-            mask.to(weight.device),
-            bias=linear.bias is not None,
-            dtype=weight.dtype,
-            device=weight.device,
-        )
+        # The random initialisation is overwritten below: do not advance the global RNG.
+        devices = [weight.device] if weight.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices):
+            layer = cls(
+                linear.in_features,
+                linear.out_features,
+                mask.to(weight.device),
+                bias=linear.bias is not None,
+                dtype=weight.dtype,
+                device=weight.device,
+            )
         with torch.no_grad():
             layer.values.copy_(weight.detach()[mask.to(weight.device)])
             if linear.bias is not None:
@@ -121,6 +125,10 @@ class SparseLinear(nn.Module):
     def mask(self) -> torch.Tensor:
         """The bool mask ``(out, in)`` of the stored positions (a new tensor)."""
         return csr_to_mask(self.crow_indices, self.col_indices, self.shape)
+
+    def flat_index(self) -> torch.Tensor:
+        """``(nnz,)`` int64 sorted flat positions ``row * in + col`` of the stored values."""
+        return flat_index(self.crow_indices, self.col_indices, self.in_features)
 
     # -- topology --------------------------------------------------------------------------
     @torch.no_grad()

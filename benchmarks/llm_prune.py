@@ -1,0 +1,295 @@
+"""One-shot LLM pruning on SmolLM2-135M: every method and structure, and llm-compressor side by side.
+
+For each configuration, in a fresh process: wall time of the pruning call (model loading and
+evaluation excluded), peak RSS of the process up to the end of pruning, perplexity on held-out
+text and the measured sparsity of every pruned layer. The peer, llm-compressor 0.14, runs in its own
+virtualenv (``.bench/llmcompressor``, created here on first use: it pins its own transformers) on
+the *same calibration token ids*; its pruned weights are evaluated by the same perplexity code as
+ours. Ours and the peer alternate configuration by configuration so that machine load hits both
+alike. ``lm_head`` (tied to the embeddings) is protected in both; the benchmark checks that the
+embeddings are unchanged.
+
+Protocol (defaults; CPU-sized): calibration 32 random windows × 512 tokens of *Pride and
+Prejudice* + *Sense and Sensibility* (seed 0); perplexity on the first 16 windows × 512 tokens
+of *Emma*.
+
+    .venv/bin/python benchmarks/llm_prune.py                     # everything (~45 min on 2 cores)
+    .venv/bin/python benchmarks/llm_prune.py --only wanda-0.5 --no-peer
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PEER_VENV = ROOT / ".bench" / "llmcompressor"
+PEER_SCRIPT = ROOT / "benchmarks" / "llmcompressor_oneshot.py"
+PEER_INSTALL = ["torch==2.13.0", "llmcompressor==0.14.*"]
+
+# (method, sparsity, structure, allocation)
+SETTINGS = [("0.5", 0.5, "unstructured"), ("2:4", None, "2:4"), ("4:8", None, "4:8"), ("0.7", 0.7, "unstructured")]
+PEER_SETTINGS = {"0.5", "2:4"}
+
+
+def configurations(peer: bool) -> list[dict]:
+    """The benchmark's runs, in execution order (peer runs right after ours at the same setting)."""
+    runs = [{"id": "dense", "system": "dense", "method": "dense", "setting": "-"}]
+    for setting, sparsity, structure in SETTINGS:
+        for method in ("magnitude", "wanda", "sparsegpt"):
+            base = {"method": method, "setting": setting, "sparsity": sparsity, "structure": structure}
+            runs.append({"id": f"{method}-{setting}", "system": "sparsenets", "allocation": "uniform", **base})
+            if peer and method != "magnitude" and setting in PEER_SETTINGS:
+                runs.append({"id": f"llmcompressor-{method}-{setting}", "system": "llm-compressor", **base})
+        if setting == "0.7":
+            for method in ("wanda", "sparsegpt"):
+                runs.append({"id": f"{method}-owl-0.7", "system": "sparsenets", "method": method, "setting": "0.7 OWL",
+                             "sparsity": 0.7, "structure": "unstructured", "allocation": "owl"})
+    return runs
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# ---------------------------------------------------------------- child processes (one run each)
+
+
+def run_ours(run: dict, args: argparse.Namespace) -> dict:
+    """Prune with sparsenets in this (fresh) process; evaluate; measure every layer."""
+    import torch
+
+    from sparsenets.llm import load_causal_lm, perplexity, prune
+    from sparsenets.llm.export import layer_sparsity
+
+    calib, windows = load_data(args)
+    model = load_causal_lm(args.model)
+    embed_before = model.get_input_embeddings().weight.detach().clone()
+    result: dict = {"prune_seconds": None}
+    if run["method"] != "dense":
+        start = time.perf_counter()
+        prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
+              allocation=run["allocation"], batch_size=args.batch_size, progress=False)
+        result["prune_seconds"] = time.perf_counter() - start
+    result["peak_rss_mb"] = peak_rss_mb()
+    result["embeddings_unchanged"] = bool(torch.equal(model.get_input_embeddings().weight, embed_before))
+    result["layers"] = layer_sparsity(model)
+    result["perplexity"] = perplexity(model, windows, args.eval_batch_size, progress=False)
+    return result
+
+
+def evaluate_peer(run: dict, args: argparse.Namespace, weights: Path) -> dict:
+    """Load llm-compressor's pruned weights into the model here and evaluate them like ours."""
+    import torch
+
+    from sparsenets.io import load_tensors
+    from sparsenets.llm import load_causal_lm, perplexity
+    from sparsenets.llm.export import layer_sparsity
+
+    _, windows = load_data(args)
+    model = load_causal_lm(args.model)
+    embed_before = model.get_input_embeddings().weight.detach().clone()
+    lm_head_before = model.get_output_embeddings().weight.detach().clone()
+    state = load_tensors(weights)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or [k for k in missing if not k.startswith("lm_head")]:
+        raise RuntimeError(f"peer weights do not fit: missing {missing}, unexpected {unexpected}")
+    peer_lm_head = state.get("lm_head.weight")
+    return {
+        "embeddings_unchanged": bool(torch.equal(model.get_input_embeddings().weight, embed_before)),
+        "lm_head_unchanged": bool(peer_lm_head is None or torch.equal(peer_lm_head, lm_head_before)),
+        "layers": layer_sparsity(model),
+        "perplexity": perplexity(model, windows, args.eval_batch_size, progress=False),
+    }
+
+
+def load_data(args: argparse.Namespace):
+    from sparsenets.io import load_tensors
+
+    data = load_tensors(Path(args.work) / "data.safetensors")
+    return data["calibration"], data["windows"]
+
+
+def child(args: argparse.Namespace) -> None:
+    run = json.loads(args.child)
+    result = run_ours(run, args) if args.weights is None else evaluate_peer(run, args, Path(args.weights))
+    Path(args.result).write_text(json.dumps(result))
+
+
+# ---------------------------------------------------------------- orchestration
+
+
+def prepare_data(args: argparse.Namespace) -> None:
+    """Calibration ids and evaluation windows, written once so every process uses the same tokens."""
+    from sparsenets.io import save_tensors
+    from sparsenets.llm import calibration_batches, eval_windows, load_tokenizer, resolve_model_dir
+
+    resolve_model_dir(args.model)  # convert the bundled model once, before any timing
+    tok = load_tokenizer(args.model)
+    calib = calibration_batches(tok, args.calib_samples, args.seq_len, args.seed)
+    windows = eval_windows(tok, args.seq_len, args.eval_windows)
+    save_tensors(Path(args.work) / "data.safetensors", {"calibration": calib, "windows": windows})
+
+
+def ensure_peer() -> str | None:
+    """Python of llm-compressor's venv (created on first use), or None with a printed reason."""
+    python = PEER_VENV / "bin" / "python"
+    check = [str(python), "-c", "import llmcompressor"]
+    if python.exists() and subprocess.run(check, capture_output=True).returncode == 0:
+        return str(python)
+    print(f"creating {PEER_VENV} with {' '.join(PEER_INSTALL)} (once) ...", flush=True)
+    try:
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", *PEER_INSTALL], check=True)
+        subprocess.run(check, check=True, capture_output=True)
+    except subprocess.CalledProcessError as error:
+        print(f"llm-compressor unavailable ({error}); peer runs skipped", flush=True)
+        return None
+    return str(python)
+
+
+def spawn(cmd: list[str], log: Path) -> None:
+    env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
+    with open(log, "w") as handle:
+        code = subprocess.run(cmd, stdout=handle, stderr=subprocess.STDOUT, env=env).returncode
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd[:3])} ... failed (exit {code}); see {log}")
+
+
+def run_one(run: dict, args: argparse.Namespace, peer_python: str | None) -> dict:
+    work = Path(args.work)
+    result_path = work / f"{run['id']}.json"
+    common = ["--model", args.model, "--work", args.work, "--batch-size", str(args.batch_size),
+              "--eval-batch-size", str(args.eval_batch_size)]
+    if run["system"] != "llm-compressor":
+        spawn([sys.executable, __file__, "--child", json.dumps(run), "--result", str(result_path), *common],
+              work / f"{run['id']}.log")
+        return {**run, **json.loads(result_path.read_text())}
+    from sparsenets.llm import resolve_model_dir
+
+    weights, peer_result = work / f"{run['id']}.safetensors", work / f"{run['id']}.peer.json"
+    from sparsenets.io import load_tensors, save_tensors
+
+    calib_file = work / "calibration.safetensors"
+    if not calib_file.exists():
+        save_tensors(calib_file, {"input_ids": load_tensors(work / "data.safetensors")["calibration"]})
+    cmd = [peer_python, str(PEER_SCRIPT), "--model-dir", str(resolve_model_dir(args.model)), "--calib", str(calib_file),
+           "--method", run["method"], "--out", str(weights), "--result", str(peer_result)]
+    cmd += ["--nm", run["structure"]] if run["structure"] != "unstructured" else ["--sparsity", str(run["sparsity"])]
+    spawn(cmd, work / f"{run['id']}.log")
+    peer = json.loads(peer_result.read_text())
+    spawn([sys.executable, __file__, "--child", json.dumps(run), "--result", str(result_path),
+           "--weights", str(weights), *common], work / f"{run['id']}.eval.log")
+    weights.unlink()
+    return {**run, "prune_seconds": peer["seconds"], "peak_rss_mb": peer["peak_rss_mb"],
+            "peer_version": peer["version"], **json.loads(result_path.read_text())}
+
+
+def layer_stats(layers: dict[str, float]) -> tuple[float, float, float]:
+    values = list(layers.values())
+    return min(values), sum(values) / len(values), max(values)
+
+
+def format_table(rows: list[dict], markdown: bool = False) -> str:
+    header = ["system", "method", "setting", "perplexity", "prune s", "peak RSS MB", "layer sparsity min/mean/max"]
+    body = []
+    for r in rows:
+        lo, mean, hi = layer_stats(r["layers"])
+        body.append([
+            r["system"], r["method"], r["setting"], f"{r['perplexity']:.2f}",
+            "-" if r["prune_seconds"] is None else f"{r['prune_seconds']:.1f}",
+            f"{r['peak_rss_mb']:.0f}", f"{lo:.3f} / {mean:.3f} / {hi:.3f}",
+        ])
+    if markdown:
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
+    widths = [max(len(h), *(len(row[i]) for row in body)) for i, h in enumerate(header)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join([fmt.format(*header)] + [fmt.format(*row) for row in body])
+
+
+def comparisons(rows: list[dict]) -> list[dict]:
+    """Ours vs llm-compressor at each shared setting: perplexity and time ratios."""
+    ours = {(r["method"], r["setting"]): r for r in rows if r["system"] == "sparsenets"}
+    out = []
+    for peer in (r for r in rows if r["system"] == "llm-compressor"):
+        mine = ours[(peer["method"], peer["setting"])]
+        out.append({"method": peer["method"], "setting": peer["setting"],
+                    "perplexity_ours": mine["perplexity"], "perplexity_peer": peer["perplexity"],
+                    "perplexity_ratio": mine["perplexity"] / peer["perplexity"],
+                    "seconds_ours": mine["prune_seconds"], "seconds_peer": peer["prune_seconds"],
+                    "speedup": peer["prune_seconds"] / mine["prune_seconds"],
+                    "rss_ours_mb": mine["peak_rss_mb"], "rss_peer_mb": peer["peak_rss_mb"]})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--calib-samples", type=int, default=32)
+    parser.add_argument("--seq-len", type=int, default=512)
+    parser.add_argument("--eval-windows", type=int, default=16)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-batch-size", type=int, default=4)
+    parser.add_argument("--only", nargs="+", help="run ids to run (e.g. dense wanda-0.5 llmcompressor-wanda-0.5)")
+    parser.add_argument("--no-peer", action="store_true", help="skip llm-compressor")
+    parser.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "llm_prune"))
+    parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "llm_prune.json"))
+    parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--result", help=argparse.SUPPRESS)
+    parser.add_argument("--weights", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        child(args)
+        return 0
+
+    Path(args.work).mkdir(parents=True, exist_ok=True)
+    prepare_data(args)
+    peer_python = None if args.no_peer else ensure_peer()
+    runs = configurations(peer_python is not None)
+    if args.only:
+        runs = [r for r in runs if r["id"] in set(args.only)]
+    rows = []
+    for run in runs:
+        start = time.perf_counter()
+        rows.append(run_one(run, args, peer_python))
+        r = rows[-1]
+        print(f"{run['id']:32s} ppl {r['perplexity']:8.2f}  prune "
+              f"{'-' if r['prune_seconds'] is None else format(r['prune_seconds'], '.1f'):>6} s  "
+              f"RSS {r['peak_rss_mb']:.0f} MB  ({time.perf_counter() - start:.0f} s total)", flush=True)
+    print()
+    print(format_table(rows))
+    cmp = comparisons(rows)
+    for c in cmp:
+        print(f"vs llm-compressor {c['method']:9s} {c['setting']:4s}: perplexity ratio {c['perplexity_ratio']:.4f}, "
+              f"speedup {c['speedup']:.2f}x, RSS {c['rss_ours_mb']:.0f} vs {c['rss_peer_mb']:.0f} MB")
+    if args.markdown:
+        print()
+        print(format_table(rows, markdown=True))
+    import torch
+
+    from sparsenets.io import write_json
+
+    write_json(args.json, {
+        "protocol": {"model": args.model, "calibration": f"{args.calib_samples} x {args.seq_len} tokens, Austen "
+                     f"(Pride and Prejudice + Sense and Sensibility), seed {args.seed}",
+                     "evaluation": f"first {args.eval_windows} x {args.seq_len} tokens of Emma"},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "runs": rows,
+        "versus_llm_compressor": cmp,
+    })
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,183 @@
+"""The whole one-shot job, as the command line runs it: load, calibrate, prune, evaluate, save.
+
+:func:`prune_pretrained` and :func:`evaluate_pretrained` are what ``sparsenets prune-llm`` and
+``sparsenets eval-ppl`` call; the benchmark calls them too, so every number in the results comes
+from the same code path a user runs. Each records the protocol it used (text source, sequence
+length, number of windows or samples, seed), so a saved model's ``sparsity.json`` says exactly
+how its numbers were obtained.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import SparsenetsError
+from .data import CALIBRATION_NOVELS, EVAL_NOVEL, SPLIT, calibration_batches, eval_windows
+from .export import read_sparsity_info, save_pruned
+from .methods import get_method
+from .models import load_causal_lm, load_tokenizer, progress_bars
+from .perplexity import perplexity
+from .prune import check_allocation, prune, resolve_sparsity
+
+log = logging.getLogger(__name__)
+
+#: Default number of evaluation windows (of ``seq_len`` tokens) on CPU-sized runs; ``None`` = all.
+DEFAULT_EVAL_WINDOWS = 64
+
+
+def _source_name(source: str | Path | None) -> str | None:
+    return None if source is None or str(source) == "austen" else str(source)
+
+
+@dataclass(frozen=True)
+class CalibrationProtocol:
+    """Where calibration windows come from: ``n_samples`` random windows of ``seq_len`` tokens."""
+
+    source: str | None = None  # None: Jane Austen (see .data); else a plain text file
+    n_samples: int = 128
+    seq_len: int = 512
+    seed: int = 0
+
+    def describe(self) -> dict[str, Any]:
+        text = (f"austen:{'+'.join(CALIBRATION_NOVELS)}" if self.source is None
+                else f"file:{self.source} (first {SPLIT:.0%} of tokens)")
+        return {"text": text, **asdict(self)}
+
+    def batches(self, tokenizer) -> torch.Tensor:
+        """(n_samples, seq_len) int64 token ids."""
+        return calibration_batches(tokenizer, self.n_samples, self.seq_len, self.seed, source=self.source)
+
+
+@dataclass(frozen=True)
+class EvalProtocol:
+    """Perplexity text: the first ``n_windows`` non-overlapping windows of held-out text."""
+
+    source: str | None = None  # None: Jane Austen's Emma; else the last part of a text file
+    seq_len: int = 512
+    n_windows: int | None = DEFAULT_EVAL_WINDOWS
+
+    def describe(self) -> dict[str, Any]:
+        text = (f"austen:{EVAL_NOVEL}" if self.source is None
+                else f"file:{self.source} (last {1 - SPLIT:.0%} of tokens)")
+        return {"text": text, **asdict(self)}
+
+    def windows(self, tokenizer) -> torch.Tensor:
+        """(n_windows, seq_len) int64 token ids."""
+        return eval_windows(tokenizer, self.seq_len, self.n_windows, source=self.source)
+
+
+def make_calibration(source: str | Path | None = None, n_samples: int = 128, seq_len: int = 512,
+                     seed: int = 0) -> CalibrationProtocol:
+    """A :class:`CalibrationProtocol`; ``source`` ``"austen"``/``None`` or a text file path."""
+    return CalibrationProtocol(_source_name(source), int(n_samples), int(seq_len), int(seed))
+
+
+def make_eval(source: str | Path | None = None, seq_len: int = 512,
+              n_windows: int | None = DEFAULT_EVAL_WINDOWS) -> EvalProtocol:
+    """An :class:`EvalProtocol`; ``source`` ``"austen"``/``None`` or a text file path."""
+    return EvalProtocol(_source_name(source), int(seq_len), None if n_windows is None else int(n_windows))
+
+
+def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = None, *, batch_size: int = 4,
+                        device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
+    """Perplexity of a saved (or known) causal LM under ``protocol``.
+
+    Returns:
+        ``{"model", "perplexity", "protocol", "seconds", "saved"}`` where ``saved`` is the
+        perplexity recorded in the directory's ``sparsity.json`` under the same protocol (or
+        ``None``), so a reload can be checked against the run that saved it.
+    """
+    protocol = protocol or make_eval()
+    tokenizer = load_tokenizer(model_name)
+    windows = protocol.windows(tokenizer)
+    model = load_causal_lm(model_name, device=device, progress=progress)
+    start = time.perf_counter()
+    value = perplexity(model, windows, batch_size, progress=progress)
+    saved = None
+    info = read_sparsity_info(model_name) if Path(model_name).is_dir() else None
+    if info and info.get("perplexity") and info["perplexity"].get("protocol") == protocol.describe():
+        saved = info["perplexity"]["value"]
+    return {"model": str(model_name), "perplexity": value, "protocol": protocol.describe(),
+            "seconds": time.perf_counter() - start, "saved": saved}
+
+
+def prune_pretrained(
+    model_name: str | Path,
+    out: str | Path | None,
+    *,
+    method: str = "wanda",
+    sparsity: float | None = None,
+    structure: str = "unstructured",
+    allocation: str = "uniform",
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
+    calibration: CalibrationProtocol | None = None,
+    evaluation: EvalProtocol | None = None,
+    batch_size: int = 8,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Load ``model_name``, prune it one-shot, optionally measure perplexity, save it to ``out``.
+
+    Args:
+        model_name: a known name (``smollm2-135m``) or a local Hugging Face directory.
+        out: output directory (``None``: do not save, e.g. in benchmarks).
+        method, sparsity, structure, allocation, owl_m, owl_lambda, batch_size: see
+            :func:`.prune.prune`.
+        calibration: calibration protocol (default: 128 Austen windows of 512 tokens, seed 0).
+        evaluation: when given, perplexity is measured after pruning and recorded.
+        device: where the model runs (``cpu``, ``cuda``, …).
+        overwrite: replace a non-empty ``out``.
+
+    Returns:
+        The record also written to ``out/sparsity.json`` (method, target, protocols, measured
+        per-layer sparsity in ``layers``, ``prune_seconds``, ``perplexity`` when evaluated).
+    """
+    if out is not None:
+        out = Path(out)
+        if out.is_dir() and any(out.iterdir()) and not overwrite:  # fail before the long work
+            raise SparsenetsError(f"output directory {str(out)!r} is not empty (use --overwrite to replace it)")
+    target, parsed = resolve_sparsity(sparsity, structure)  # validate everything before loading
+    get_method(method)
+    check_allocation(allocation, parsed)
+    calibration = calibration or make_calibration()
+    tokenizer = load_tokenizer(model_name)
+    calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
+    windows = evaluation.windows(tokenizer) if evaluation is not None else None
+    model = load_causal_lm(model_name, device=device, progress=progress)
+    start = time.perf_counter()
+    measured = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
+                     owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
+    seconds = time.perf_counter() - start
+    log.info("pruned %d layers in %.1f s", len(measured), seconds)
+    record: dict[str, Any] = {
+        "sparsenets_version": __version__,
+        "source_model": str(model_name),
+        "method": method,
+        "sparsity": target,
+        "structure": str(parsed),
+        "allocation": allocation,
+        "owl": {"m": owl_m, "lambda": owl_lambda} if allocation == "owl" else None,
+        "calibration": calibration.describe() if calib is not None else None,
+        "prune_seconds": seconds,
+        "device": str(device),
+    }
+    if windows is not None:
+        ppl_start = time.perf_counter()
+        value = perplexity(model, windows, progress=progress)
+        record["perplexity"] = {"value": value, "protocol": evaluation.describe(),
+                                "seconds": time.perf_counter() - ppl_start}
+    if out is not None:
+        with progress_bars(progress):
+            save_pruned(model, out, record, tokenizer=tokenizer, overwrite=overwrite)
+        record["out"] = str(out)
+    record["layers"] = measured
+    return record

@@ -1,0 +1,185 @@
+"""``sparsenets prune-llm`` / ``eval-ppl`` end to end on a tiny local model with its own tokenizer.
+
+The model directory is a tiny random Llama saved with ``save_pretrained`` beside a small BPE
+tokenizer trained here on a generated text file, so the whole CLI path (text → tokens →
+calibration → pruning → save → plain-transformers reload → perplexity) runs offline in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+tokenizers = pytest.importorskip("tokenizers")
+
+from test_llm_adapters import assert_exact_pattern  # noqa: E402
+
+from sparsenets.cli import main  # noqa: E402
+from sparsenets.llm import get_adapter  # noqa: E402
+
+WORDS = ("the of and to a in that it was her she not be his as he had with for you which mr elizabeth "
+         "darcy said very could would been all this my on so but at have no they were there is what").split()
+
+
+def write_text(path, n_words=6000, seed=0):
+    rng = random.Random(seed)
+    sentences = []
+    while sum(len(s) for s in sentences) < n_words:
+        sentences.append([rng.choice(WORDS) for _ in range(rng.randint(4, 14))])
+    path.write_text("\n".join(" ".join(s).capitalize() + "." for s in sentences))
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A tiny Llama (2 blocks, hidden 32) and a ~120-token BPE tokenizer in one HF directory."""
+    root = tmp_path_factory.mktemp("tiny-llm")
+    text = write_text(root / "corpus.txt")
+    bpe = tokenizers.Tokenizer(tokenizers.models.BPE(unk_token="<unk>"))
+    bpe.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    bpe.train([str(text)], tokenizers.trainers.BpeTrainer(vocab_size=120, special_tokens=["<unk>", "<s>", "</s>"]))
+    tok = transformers.PreTrainedTokenizerFast(tokenizer_object=bpe, unk_token="<unk>", bos_token="<s>",
+                                               eos_token="</s>")
+    torch.manual_seed(0)
+    config = transformers.LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                      tie_word_embeddings=True)
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    directory = root / "model"
+    model.save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory, text
+
+
+def cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def prune_args(model_dir, text, out, *extra):
+    return ("prune-llm", "--model", model_dir, "--calib", text, "--calib-samples", 4, "--seq-len", 16,
+            "--eval-text", text, "--eval-windows", 3, "--out", out, "--device", "cpu", "--quiet", *extra)
+
+
+@pytest.mark.parametrize(("method", "extra", "structure"), [
+    ("wanda", ("--sparsity", "0.5"), "unstructured"),
+    ("sparsegpt", ("--nm", "2:4"), "2:4"),
+    ("magnitude", ("--nm", "4:8"), "4:8"),
+])
+def test_prune_llm_saves_a_plain_transformers_model(capsys, tmp_path, model_dir, method, extra, structure):
+    directory, text = model_dir
+    out = tmp_path / "pruned"
+    code, stdout, err = cli(capsys, *prune_args(directory, text, out, "--method", method, "--eval", *extra))
+    assert code == 0, err
+    assert "saved" in stdout and "perplexity" in stdout
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["method"] == method and info["structure"] == structure and info["sparsity"] == 0.5
+    assert info["perplexity"]["protocol"]["n_windows"] == 3
+    assert info["calibration"] is None if method == "magnitude" else info["calibration"]["n_samples"] == 4
+    assert len(info["layers"]) == 14 and all(v == 0.5 for v in info["layers"].values())
+    assert info["summary"]["prunable_sparsity"] == 0.5
+
+    original = transformers.AutoModelForCausalLM.from_pretrained(directory)
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)  # plain transformers, no sparsenets
+    linears = get_adapter(reloaded).prunable_linears(reloaded)
+    for name, layer in linears.items():
+        assert_exact_pattern(layer.weight, structure, name)
+    assert torch.equal(reloaded.get_input_embeddings().weight, original.get_input_embeddings().weight)
+    assert reloaded.get_output_embeddings().weight.data_ptr() == reloaded.get_input_embeddings().weight.data_ptr()
+    assert transformers.AutoTokenizer.from_pretrained(out)("the darcy").input_ids
+
+    code, stdout, _ = cli(capsys, "eval-ppl", "--model", out, "--text", text, "--seq-len", 16, "--windows", 3,
+                          "--device", "cpu", "--json", "--quiet")
+    assert code == 0
+    result = json.loads(stdout)
+    assert result["perplexity"] == pytest.approx(info["perplexity"]["value"], rel=1e-6)
+    assert result["saved"] == info["perplexity"]["value"]
+
+
+def test_owl_allocation_through_cli(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    out = tmp_path / "owl"
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "wanda", "--sparsity", "0.6",
+                                           "--allocation", "owl", "--owl-lambda", "0.1"))
+    assert code == 0, err
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["allocation"] == "owl" and info["owl"] == {"m": 5.0, "lambda": 0.1}
+    blocks = {}
+    for name, value in info["layers"].items():
+        blocks.setdefault(name.split(".")[2], set()).add(round(value, 6))
+    per_block = [next(iter(v)) for v in blocks.values()]
+    assert all(len(v) <= 2 for v in blocks.values())  # one target per block (rounding per layer)
+    assert all(0.5 - 1e-6 <= s <= 0.7 + 1e-6 for s in per_block)
+    assert "perplexity" not in info
+
+
+def test_eval_ppl_of_the_unpruned_model(capsys, model_dir):
+    directory, text = model_dir
+    code, stdout, _ = cli(capsys, "eval-ppl", "--model", directory, "--text", text, "--seq-len", 16,
+                          "--windows", 2, "--device", "cpu", "--quiet")
+    assert code == 0
+    assert stdout.startswith("perplexity ") and "2 windows × 16 tokens" in stdout
+
+
+@pytest.mark.parametrize(("extra", "fragments"), [
+    (("--method", "foo"), ["'foo'", "wanda", "sparsegpt"]),
+    (("--sparsity", "1.5"), ["1.5", "[0, 1)"]),
+    (("--nm", "3:2"), ["3:2"]),
+    (("--nm", "2:4", "--sparsity", "0.7"), ["0.7", "2:4"]),
+    (("--allocation", "bogus"), ["'bogus'", "owl"]),
+    (("--allocation", "owl", "--nm", "2:4"), ["owl", "2:4"]),
+    (("--calib-samples", "0"), ["calib-samples", "0"]),
+    (("--eval-windows", "-3"), ["-3"]),
+])
+def test_bad_prune_input_is_one_line_and_writes_nothing(capsys, tmp_path, model_dir, extra, fragments):
+    directory, text = model_dir
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) if "--calib-samples" in extra or "--eval-windows" in extra else _nothing() as exit_info:
+        code, _, err = cli(capsys, *prune_args(directory, text, out, *extra))
+    if exit_info is not None:
+        code, err = exit_info.value.code, capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert "error" in lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    assert not out.exists()
+
+
+class _nothing:
+    """A context manager standing in for ``pytest.raises`` when no exit is expected."""
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_unknown_model_and_missing_text(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    code, _, err = cli(capsys, "prune-llm", "--model", "no-such-model", "--out", tmp_path / "x", "--quiet")
+    assert code == 2 and "no-such-model" in err and "smollm2-135m" in err and len(err.strip().splitlines()) == 1
+    code, _, err = cli(capsys, *prune_args(directory, tmp_path / "missing.txt", tmp_path / "y"))
+    assert code == 2 and "missing.txt" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "y").exists()
+
+
+def test_refuses_non_empty_output_unless_overwrite(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    out = tmp_path / "busy"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "magnitude"))
+    assert code == 2 and "--overwrite" in err
+    assert (out / "keep.txt").read_text() == "mine"
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "magnitude", "--overwrite"))
+    assert code == 0, err
+    assert not (out / "keep.txt").exists() and (out / "sparsity.json").is_file()
+    assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary folders left behind
