@@ -87,9 +87,9 @@ def test_sequential_calibration_feeds_pruned_blocks_and_shapes():
     seen: dict[int, torch.Tensor] = {}
 
     class Recorder(InputNormStats):
-        def update(self, x):
+        def batch_statistic(self, x):
             assert x.shape[:2] in {(2, 10), (1, 10)} and x.shape[-1] == self.in_features
-            super().update(x)
+            return super().batch_statistic(x)
 
     def on_block(index, block, stats):
         assert set(stats) == set(adapter.linears(block))
@@ -114,7 +114,10 @@ def test_gram_stats_match_direct_computation():
     stats.update(x[:2])
     stats.update(x[2:])
     flat = x.reshape(-1, 5).double()
-    torch.testing.assert_close(stats.finalize(), flat.t() @ flat)
+    torch.testing.assert_close(stats.finalize(), flat.t() @ flat, rtol=1e-5, atol=1e-5)  # float32 GEMM per batch
+    exact = GramStats(5)
+    exact.update(x.double())  # float64 inputs: float64 GEMM
+    torch.testing.assert_close(exact.finalize(), flat.t() @ flat)
     assert stats.n_tokens == 21
     norms = InputNormStats(5)
     norms.update(x)
@@ -149,3 +152,32 @@ def assert_exact_pattern(weight, structure: str, name: str = "") -> None:
     else:
         n, m = (int(x) for x in structure.split(":"))
         assert ((weight != 0).reshape(weight.shape[0], -1, m).sum(-1) == n).all(), name
+
+
+def test_shared_inputs_give_the_same_statistics_as_separate_updates():
+    """q/k/v (and gate/up) share one statistic computation; results equal per-layer updates."""
+    model = tiny_model("llama")
+    adapter = get_adapter(model)
+    ids = tokens(3, 8)
+    expected: dict[str, GramStats] = {}
+    block = adapter.blocks(model)[0]
+    hooks = []
+    for name, layer in adapter.linears(block).items():
+        expected[name] = GramStats(layer.in_features)
+        hooks.append(layer.register_forward_pre_hook(lambda _m, args, acc=expected[name]: acc.update(args[0])))
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    got = {}
+
+    def on_block(index, _block, stats):
+        if index == 0:
+            got.update({name: s.finalize() for name, s in stats.items()})
+
+    sequential_calibration(model, ids, stats_factory=lambda layer: GramStats(layer.in_features), on_block=on_block,
+                           batch_size=3, progress=False)
+    assert set(got) == set(expected)
+    for name, stats in expected.items():
+        torch.testing.assert_close(got[name], stats.finalize(), rtol=1e-5, atol=1e-5)
+    assert not torch.equal(got["self_attn.q_proj"], got["self_attn.o_proj"])

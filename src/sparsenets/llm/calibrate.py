@@ -80,12 +80,15 @@ def sequential_calibration(
     for index, block in enumerate(tqdm(blocks, desc="calibrating blocks", disable=not progress)):
         linears = adapter.linears(block)
         stats = {name: stats_factory(layer) for name, layer in linears.items()}
+        seen: list[tuple[InputStats, torch.Tensor]] = []
         handles = [
-            layer.register_forward_pre_hook(_stats_hook(stats[name])) for name, layer in linears.items()
+            layer.register_forward_pre_hook(_record_hook(stats[name], seen)) for name, layer in linears.items()
         ]
         try:
             for inputs in batches:
                 adapter.run_block(block, inputs)
+                _accumulate(seen)
+                seen.clear()
         finally:
             for handle in handles:
                 handle.remove()
@@ -94,9 +97,26 @@ def sequential_calibration(
         log.debug("block %d done: %d mini-batches of %s", index, len(batches), tuple(batches[0].hidden.shape))
 
 
-def _stats_hook(accumulator: InputStats):
+def _record_hook(accumulator: InputStats, seen: list[tuple[InputStats, torch.Tensor]]):
     def hook(_module, args):
-        accumulator.update(args[0])
+        seen.append((accumulator, args[0]))
 
     return hook
+
+
+def _accumulate(seen: list[tuple[InputStats, torch.Tensor]]) -> None:
+    """Feed one block forward's recorded inputs to their accumulators.
+
+    Layers given the very same input tensor (q/k/v, gate/up) by accumulators of the same type
+    share one ``batch_statistic`` computation; other accumulators get ``update(x)``.
+    """
+    shared: dict[tuple[int, type], torch.Tensor] = {}
+    for accumulator, x in seen:
+        if not hasattr(accumulator, "batch_statistic"):
+            accumulator.update(x)
+            continue
+        key = (id(x), type(accumulator))
+        if key not in shared:
+            shared[key] = accumulator.batch_statistic(x)
+        accumulator.add(shared[key], x.numel() // x.shape[-1])
 

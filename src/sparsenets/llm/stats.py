@@ -17,6 +17,8 @@ from ..errors import SparsenetsError
 class InputStats(Protocol):
     """A statistics accumulator of one layer's inputs."""
 
+    n_tokens: int
+
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of inputs (..., in_features)."""
 
@@ -25,14 +27,39 @@ class InputStats(Protocol):
 
 
 class _Accumulator:
+    """Shared plumbing: ``update(x) = add(batch_statistic(x), n_tokens(x))``.
+
+    ``batch_statistic`` is a pure function of the input, so layers that receive the *same* input
+    tensor (q/k/v projections, gate/up projections) can share one computation: sequential
+    calibration computes it once per distinct input and adds it to each layer's accumulator.
+    The running sum lives on the device of the first input, in float64.
+    """
+
     def __init__(self, in_features: int):
         self.in_features = int(in_features)
         self.n_tokens = 0
+        self.total: torch.Tensor | None = None
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.in_features:
             raise SparsenetsError(f"input has {x.shape[-1]} features, expected {self.in_features}")
         return x.detach().reshape(-1, self.in_features)  # (N, in)
+
+    def batch_statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """The statistic of one batch of inputs ``x (..., in)`` (float64)."""
+        raise NotImplementedError
+
+    def add(self, statistic: torch.Tensor, n_tokens: int) -> None:
+        """Add a batch statistic computed by :meth:`batch_statistic` over ``n_tokens`` tokens."""
+        self.total = statistic.clone() if self.total is None else self.total.add_(statistic.to(self.total.device))
+        self.n_tokens += int(n_tokens)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of inputs (..., in_features)."""
+        self.add(self.batch_statistic(x), self._rows(x).shape[0])
+
+    def _total(self, shape: tuple[int, ...]) -> torch.Tensor:
+        return self.total if self.total is not None else torch.zeros(shape, dtype=torch.float64)
 
 
 class InputNormStats(_Accumulator):
@@ -43,34 +70,28 @@ class InputNormStats(_Accumulator):
     common scale does not matter).
     """
 
-    def __init__(self, in_features: int):
-        super().__init__(in_features)
-        self.sq_sum = torch.zeros(self.in_features, dtype=torch.float64)
-
-    def update(self, x: torch.Tensor) -> None:
-        rows = self._rows(x)
-        self.sq_sum += rows.double().pow(2).sum(0).cpu()
-        self.n_tokens += rows.shape[0]
+    def batch_statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """(in,) float64 sums of squares of each input feature."""
+        return self._rows(x).double().pow(2).sum(0)
 
     def finalize(self) -> torch.Tensor:
-        return self.sq_sum.sqrt().float()
+        return self._total((self.in_features,)).sqrt().float()
 
 
 class GramStats(_Accumulator):
     """H = X Xᵀ over calibration tokens, (in_features, in_features) in float64 (SparseGPT).
 
-    ``finalize()`` returns the float64 sum of outer products ``Σ_t x_t x_tᵀ`` together with the
-    token count in ``n_tokens`` (SparseGPT scales and damps it itself).
+    Each batch's product is computed in float32 (float64 for float64 inputs) — the GEMM is the
+    costly part of SparseGPT's calibration and float64 halves its speed — and summed across
+    batches in float64. ``finalize()`` returns ``Σ_t x_t x_tᵀ`` (float64) with the token count in
+    ``n_tokens`` (SparseGPT scales and damps it itself).
     """
 
-    def __init__(self, in_features: int):
-        super().__init__(in_features)
-        self.gram = torch.zeros(self.in_features, self.in_features, dtype=torch.float64)
-
-    def update(self, x: torch.Tensor) -> None:
-        rows = self._rows(x).double().cpu()  # (N, in)
-        self.gram.addmm_(rows.t(), rows)
-        self.n_tokens += rows.shape[0]
+    def batch_statistic(self, x: torch.Tensor) -> torch.Tensor:
+        """(in, in) float64 ``Xᵀ X`` of one batch (rows = tokens)."""
+        rows = self._rows(x)
+        rows = rows if rows.dtype == torch.float64 else rows.float()
+        return (rows.t() @ rows).double()
 
     def finalize(self) -> torch.Tensor:
-        return self.gram
+        return self._total((self.in_features, self.in_features))
