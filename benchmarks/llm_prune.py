@@ -244,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "llm_prune"))
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "llm_prune.json"))
     parser.add_argument("--markdown", action="store_true", help="print the table as Markdown too")
+    parser.add_argument("--update", action="store_true",
+                        help="re-run the --only ids and replace them in an existing --json (others kept)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
@@ -263,9 +265,16 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         rows.append(run_one(run, args, peer_python))
         r = rows[-1]
+        r["measured_at"] = time.strftime("%Y-%m-%d %H:%M:%S")
         print(f"{run['id']:32s} ppl {r['perplexity']:8.2f}  prune "
               f"{'-' if r['prune_seconds'] is None else format(r['prune_seconds'], '.1f'):>6} s  "
               f"RSS {r['peak_rss_mb']:.0f} MB  ({time.perf_counter() - start:.0f} s total)", flush=True)
+    if args.update and Path(args.json).is_file():
+        fresh = {r["id"]: r for r in rows}
+        previous = json.loads(Path(args.json).read_text())["runs"]
+        order = [r["id"] for r in configurations(True)]
+        merged = {r["id"]: r for r in previous} | fresh
+        rows = sorted(merged.values(), key=lambda r: order.index(r["id"]) if r["id"] in order else len(order))
     print()
     print(format_table(rows))
     cmp = comparisons(rows)
