@@ -47,7 +47,7 @@ def sparse_linear_matches_masked_dense():
     torch.testing.assert_close(y, y2, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(x.grad, x2.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(layer.values.grad, ref_w.grad[mask], rtol=1e-4, atol=1e-4)
-    return "SparseLinear forward, grad-input, grad-values equal masked dense on CUDA"
+    return "SparseLinear forward, grad-input, grad-values equal masked dense on " + DEVICE
 
 
 def _train(backend: str, method: str, device: str, steps: int = 30):
@@ -98,7 +98,7 @@ def cli_train_on_cuda():
                          "--set", "epochs=1", "--set", f"backend={backend}", "--set", "dataset=digits",
                          "--device", DEVICE, "--out", f"{tmp}/{backend}", "--quiet"])
             assert code == 0, f"train exited {code}"
-    return "sparsenets train --device cuda (digits, masked CNN and sparse-backend MLP) ran"
+    return f"sparsenets train --device {DEVICE} (digits, masked CNN and sparse-backend MLP) ran"
 
 
 @check
