@@ -181,3 +181,19 @@ def test_shared_inputs_give_the_same_statistics_as_separate_updates():
     for name, stats in expected.items():
         torch.testing.assert_close(got[name], stats.finalize(), rtol=1e-5, atol=1e-5)
     assert not torch.equal(got["self_attn.q_proj"], got["self_attn.o_proj"])
+
+
+@pytest.mark.parametrize("family", ("llama", "opt"))
+def test_statistics_pass_stops_after_the_last_linear_input(family):
+    """The last Linear of a block runs once per batch (output pass), not twice; results unchanged."""
+    model = tiny_model(family)
+    adapter = get_adapter(model)
+    last = list(adapter.linears(adapter.blocks(model)[0]).values())[-1]
+    calls = []
+    handle = last.register_forward_hook(lambda *_: calls.append(1))
+    norms = {}
+    sequential_calibration(model, tokens(4, 8), stats_factory=lambda layer: InputNormStats(layer.in_features),
+                           on_block=lambda i, _b, stats: norms.update({i: stats}), batch_size=2, progress=False)
+    handle.remove()
+    assert len(calls) == 2  # two mini-batches, output pass only
+    assert all(s.n_tokens == 32 for s in norms[0].values())

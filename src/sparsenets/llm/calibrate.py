@@ -4,7 +4,8 @@ The calibration token ids enter the model once; the hidden states in front of bl
 captured (see :mod:`.adapters`). Then, for each decoder block in order:
 
 1. a forward pass of every mini-batch through the block, with input statistics accumulated on
-   each prunable Linear (forward pre-hooks, removed afterwards);
+   each prunable Linear (forward pre-hooks, removed afterwards); the pass stops as soon as the
+   last Linear has received its input (its own matmul and what follows are not needed);
 2. ``on_block(index, block, stats)`` (e.g. pruning the block with those statistics);
 3. a second forward pass through the (now pruned) block, whose outputs are the next block's inputs.
 
@@ -82,11 +83,15 @@ def sequential_calibration(
         stats = {name: stats_factory(layer) for name, layer in linears.items()}
         seen: list[tuple[InputStats, torch.Tensor]] = []
         handles = [
-            layer.register_forward_pre_hook(_record_hook(stats[name], seen)) for name, layer in linears.items()
+            layer.register_forward_pre_hook(_record_hook(stats[name], seen, len(linears)))
+            for name, layer in linears.items()
         ]
         try:
             for inputs in batches:
-                adapter.run_block(block, inputs)
+                try:
+                    adapter.run_block(block, inputs)
+                except _InputsRecorded:
+                    pass  # every Linear has its input: the rest of the block's forward is not needed
                 _accumulate(seen)
                 seen.clear()
         finally:
@@ -97,9 +102,15 @@ def sequential_calibration(
         log.debug("block %d done: %d mini-batches of %s", index, len(batches), tuple(batches[0].hidden.shape))
 
 
-def _record_hook(accumulator: InputStats, seen: list[tuple[InputStats, torch.Tensor]]):
+class _InputsRecorded(Exception):
+    """Raised by the last Linear's pre-hook of a statistics pass to skip the rest of the block."""
+
+
+def _record_hook(accumulator: InputStats, seen: list[tuple[InputStats, torch.Tensor]], n_linears: int):
     def hook(_module, args):
         seen.append((accumulator, args[0]))
+        if len({id(acc) for acc, _ in seen}) == n_linears:
+            raise _InputsRecorded
 
     return hook
 
