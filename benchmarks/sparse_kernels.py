@@ -1,9 +1,11 @@
 """CSR kernels vs dense for one 4096x4096 linear layer, batch 256, 2 threads (median times).
 
 Per sparsity (90 / 95 / 99%): dense ``nn.Linear`` fwd+bwd, ``SparseLinear`` fwd+bwd (with and
-without grad-input), the bare CSR matmul (forward only), grad-weight kernels (dense ``gᵀx``,
-``sampled_addmm``, dense-then-gather, and at 99% a row-gather formulation), int32 vs int64
-indices, and the column-major output pitfall (a ``Linear(4096->10)`` fed a transposed view).
+without grad-input) on the native kernels and on torch CSR (``SPARSENETS_SPARSE_KERNELS=torch``),
+the bare CSR matmul (forward only), grad-weight kernels (dense ``gᵀx``, ``sampled_addmm``,
+dense-then-gather, and at 99% a row-gather formulation), int32 vs int64 indices, the native
+kernels one by one (pack, forward, grad-values, grad-input), and the column-major output pitfall
+(a ``Linear(4096->10)`` fed a transposed view).
 
     .venv/bin/python benchmarks/sparse_kernels.py [--repeats 7] [--threads 2]
 """
@@ -22,7 +24,7 @@ import torch
 from torch import nn
 
 from sparsenets.io import write_json
-from sparsenets.sparse import SparseLinear
+from sparsenets.sparse import SparseLinear, kernels
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,9 +94,32 @@ def bench_sparsity(sparsity: float, n: int, batch: int, repeats: int) -> dict:
         r["head_on_colmajor"] = median_ms(lambda: head(col_major), repeats)
         r["head_on_rowmajor"] = median_ms(lambda: head(col_major.contiguous()), repeats)
         r["rowmajor_copy"] = median_ms(lambda: col_major.contiguous(), repeats)
+    lib = kernels.library()
+    if lib is not None:
+        tile = kernels.DEFAULT_TILE
+        xp, _ = kernels.pack(lib, x, tile)
+        gp, _ = kernels.pack(lib, g, tile)
+        r["native_pack"] = median_ms(lambda: kernels.pack(lib, x, tile), repeats)
+        r["native_fwd"] = median_ms(
+            lambda: kernels.spmm(lib, s.crow_indices, s.col_indices, s.values.detach(), None,
+                                 s.bias.detach(), xp, batch, tile), repeats)
+        r["native_dW"] = median_ms(
+            lambda: kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, tile), repeats)
+        r["native_dX"] = median_ms(
+            lambda: kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, s.values.detach(), s.perm,
+                                 None, gp, batch, tile), repeats)
     r["dense_fwd_bwd"] = median_ms(fwd_bwd(dense, x_req), repeats)
     r["sparse_fwd_bwd"] = median_ms(fwd_bwd(sparse, x_req), repeats)
     r["sparse_fwd_bwd_no_input_grad"] = median_ms(fwd_bwd(sparse, x), repeats)
+    previous = os.environ.get("SPARSENETS_SPARSE_KERNELS")
+    os.environ["SPARSENETS_SPARSE_KERNELS"] = "torch"
+    try:
+        r["torchcsr_fwd_bwd"] = median_ms(fwd_bwd(sparse, x_req), repeats)
+    finally:
+        if previous is None:
+            del os.environ["SPARSENETS_SPARSE_KERNELS"]
+        else:
+            os.environ["SPARSENETS_SPARSE_KERNELS"] = previous
     r["speedup_fwd_bwd"] = r["dense_fwd_bwd"] / r["sparse_fwd_bwd"]
     r["speedup_csr_mm"] = r["dense_fwd"] / r["csr_mm_int32"]
     r["speedup_dW_sampled"] = r["dW_dense"] / r["dW_sampled_addmm"]
@@ -107,6 +132,7 @@ COLUMNS = [
     ("sparse_fwd_bwd", "sparse f+b", "{:.1f}"),
     ("speedup_fwd_bwd", "x", "{:.1f}"),
     ("sparse_fwd_bwd_no_input_grad", "f+b no dX", "{:.1f}"),
+    ("torchcsr_fwd_bwd", "torchCSR f+b", "{:.1f}"),
     ("dense_fwd", "dense fwd", "{:.1f}"),
     ("sparse_fwd", "sparse fwd", "{:.1f}"),
     ("csr_mm_int32", "csr mm i32", "{:.1f}"),
@@ -116,6 +142,10 @@ COLUMNS = [
     ("dW_sampled_addmm", "dW sampled", "{:.1f}"),
     ("dW_dense_gather", "dW dns+gath", "{:.1f}"),
     ("dW_gather_rows", "dW rowgath", "{:.0f}"),
+    ("native_pack", "nat pack", "{:.2f}"),
+    ("native_fwd", "nat fwd", "{:.2f}"),
+    ("native_dW", "nat dW", "{:.2f}"),
+    ("native_dX", "nat dX", "{:.2f}"),
 ]
 
 

@@ -1,6 +1,20 @@
 """The sparse linear operator ``y = x Wᵀ + b`` with ``W`` held in CSR, and its gradients.
 
-Kernels (torch CSR; MKL inside the CPU wheel):
+Two implementations of the same mathematics; results agree to rounding.
+
+Native (CPU, default when the C++ kernels build; see :mod:`sparsenets.sparse.kernels`):
+
+* forward: ``x`` is packed feature-major once (``xᵀ`` with the batch padded to the vector
+  width), then every nonzero of a row of ``W`` is one broadcast-FMA over a contiguous run of
+  the batch; the result is written row-major ``(N, out)`` with the bias fused. The packed
+  ``xᵀ`` is what backward keeps (not ``x``).
+* backward: ``grad_out`` is packed the same way (its per-feature sums are the bias gradient);
+  grad-values are dot products ``gt[row_k] · xt[col_k]`` at the nonzeros only; grad-input is
+  the forward kernel over the stored CSR of ``Wᵀ`` (values gathered into its order through
+  ``perm`` first), skipped when the input needs no gradient. MKL is not called at all (no
+  hidden buffers).
+
+Torch CSR (CUDA tensors, or ``SPARSENETS_SPARSE_KERNELS=torch``, or no compiler):
 
 * forward: ``W_csr @ xᵀ`` (``addmm`` with the bias as a column), an ``(out, N)`` row-major
   result, copied once into a row-major ``(N, out)`` output. Handing the transposed view on
@@ -16,8 +30,10 @@ from __future__ import annotations
 import warnings
 
 import torch
+from torch.autograd.function import once_differentiable
 
 from ..errors import SparsenetsError
+from . import kernels
 from .csr import SUPPORTED_DTYPES
 
 
@@ -40,6 +56,16 @@ class SparseLinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, values, bias, crow, col, t_crow, t_col, perm, out_features):  # noqa: D102
+        lib = kernels.library() if x.device.type == "cpu" else None
+        ctx.native = lib is not None
+        ctx.out_features = out_features
+        ctx.has_bias = bias is not None
+        if lib is not None:
+            tile = kernels.DEFAULT_TILE
+            xp, _ = kernels.pack(lib, x, tile)  # x feature-major, in panels of `tile` rows
+            ctx.save_for_backward(xp, values, crow, col, t_crow, t_col, perm)
+            ctx.batch, ctx.tile = x.shape[0], tile
+            return kernels.spmm(lib, crow, col, values, None, bias, xp, x.shape[0], tile)
         in_features = x.shape[1]
         weight = _csr(crow, col, values, (out_features, in_features))
         if bias is None:
@@ -47,12 +73,12 @@ class SparseLinearFunction(torch.autograd.Function):
         else:
             y_t = torch.addmm(bias.unsqueeze(1), weight, x.t())
         ctx.save_for_backward(x, values, crow, col, t_crow, t_col, perm)
-        ctx.out_features = out_features
-        ctx.has_bias = bias is not None
         return y_t.t().contiguous()
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
+        if ctx.native:
+            return SparseLinearFunction._native_backward(ctx, grad_out)
         x, values, crow, col, t_crow, t_col, perm = ctx.saved_tensors
         out_features, in_features = ctx.out_features, x.shape[1]
         grad_x = grad_values = grad_bias = None
@@ -65,6 +91,21 @@ class SparseLinearFunction(torch.autograd.Function):
             grad_values = sampled.values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
+        return grad_x, grad_values, grad_bias, None, None, None, None, None, None
+
+    @staticmethod
+    @once_differentiable
+    def _native_backward(ctx, grad_out):
+        lib = kernels.library()
+        xp, values, crow, col, t_crow, t_col, perm = ctx.saved_tensors
+        want_bias = ctx.has_bias and ctx.needs_input_grad[2]
+        gp, grad_bias = kernels.pack(lib, grad_out, ctx.tile, sums=want_bias)
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[1]:
+            grad_values = kernels.sddmm(lib, crow, col, gp, xp, ctx.tile)
+        if ctx.needs_input_grad[0]:  # values in Wᵀ's order first: one parallel gather
+            values_t = kernels.gather(lib, values, perm)
+            grad_x = kernels.spmm(lib, t_crow, t_col, values_t, None, None, gp, ctx.batch, ctx.tile)
         return grad_x, grad_values, grad_bias, None, None, None, None, None, None
 
 
@@ -94,7 +135,15 @@ def sparse_linear(
         raise SparsenetsError(
             f"sparse linear input must have shape (..., {in_features}), got {tuple(x.shape)}"
         )
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, in_features)
-    y2 = SparseLinearFunction.apply(x2, values, bias, crow, col, t_crow, t_col, perm, out_features)
-    return y2.reshape(*lead, out_features)
+    x2 = x if x.dim() == 2 else x.reshape(-1, in_features)
+    lib = kernels.library() if x.device.type == "cpu" else None
+    if lib is not None and not (
+        torch.is_grad_enabled()
+        and (x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad))
+    ):  # inference: the kernels directly, without the autograd bookkeeping
+        tile = kernels.DEFAULT_TILE
+        xp, _ = kernels.pack(lib, x2, tile)
+        y2 = kernels.spmm(lib, crow, col, values, None, bias, xp, x2.shape[0], tile)
+    else:
+        y2 = SparseLinearFunction.apply(x2, values, bias, crow, col, t_crow, t_col, perm, out_features)
+    return y2 if x.dim() == 2 else y2.reshape(*x.shape[:-1], out_features)

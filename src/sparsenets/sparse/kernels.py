@@ -1,0 +1,289 @@
+"""Native CPU kernels for the CSR linear layer (C++/OpenMP, built on first use, called via ctypes).
+
+The source is ``_kernels.cpp`` next to this file. :func:`library` compiles it once per machine
+with the host C++ compiler (``$CXX``, else ``g++`` / ``c++`` / ``clang++``; ``-O3 -march=native
+-fopenmp``, about a second) into a cache directory and loads it; every later process loads the
+cached file. When no compiler is found or the build fails, :func:`library` returns ``None``,
+logs one warning, and the layer falls back to torch's CSR kernels (MKL): same results, slower.
+
+Environment:
+    ``SPARSENETS_SPARSE_KERNELS``: ``auto`` (default: native when it builds), ``native``
+        (raise if it cannot be built) or ``torch`` (never build; torch CSR only).
+    ``SPARSENETS_CACHE_DIR``: where the built library goes (default
+        ``$XDG_CACHE_HOME/sparsenets`` or ``~/.cache/sparsenets``).
+
+The tensor wrappers below take CPU tensors only and do no autograd; see ``functional.py``.
+Layouts (``N`` batch rows, ``ld = N`` rounded up to the vector width, pad entries zero):
+
+* :func:`pack`: ``x (N, C)`` with any strides -> ``xp``, ``xᵀ`` feature-major in panels of
+  ``tile`` batch columns (``tile >= ld``: plain ``xᵀ (C, ld)``), and optionally ``x.sum(0)``.
+* :func:`spmm`: ``Y (N, R) = bias + x Aᵀ`` for a CSR ``A (R, C)`` whose values are ``values``
+  (or ``values[perm]``), from the packed ``x``; written row-major.
+* :func:`sddmm`: ``out[k] = Σ_m a[m, row_k] · b[m, col_k]`` at the nonzeros of a CSR pattern,
+  from packed ``a`` and ``b``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import functools
+import hashlib
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..errors import SparsenetsError
+
+log = logging.getLogger(__name__)
+
+SOURCE = Path(__file__).with_name("_kernels.cpp")
+ABI_VERSION = 3
+_FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
+_SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
+_ISUFFIX = {torch.int32: "i32", torch.int64: "i64"}
+_VEC_BYTES = 32
+DEFAULT_TILE = 256  # batch panel width: measured best or equal for every op at batch 100-256
+
+
+def mode() -> str:
+    """The kernel choice from ``SPARSENETS_SPARSE_KERNELS``: ``auto``, ``native`` or ``torch``."""
+    value = os.environ.get("SPARSENETS_SPARSE_KERNELS", "auto").strip().lower() or "auto"
+    if value not in ("auto", "native", "torch"):
+        raise SparsenetsError(
+            f"SPARSENETS_SPARSE_KERNELS must be auto, native or torch, got {value!r}"
+        )
+    return value
+
+
+def cache_dir() -> Path:
+    """Directory holding built kernel libraries."""
+    if os.environ.get("SPARSENETS_CACHE_DIR"):
+        return Path(os.environ["SPARSENETS_CACHE_DIR"]) / "kernels"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "sparsenets" / "kernels"
+
+
+def _compiler() -> str | None:
+    if os.environ.get("CXX"):
+        return shutil.which(os.environ["CXX"]) or os.environ["CXX"]
+    for name in ("g++", "c++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def _host_key() -> str:
+    """CPU features the ``-march=native`` build depends on."""
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features", "model name")):
+                    flags += line
+                if line.strip() == "":
+                    break
+    except OSError:
+        pass
+    return platform.machine() + platform.system() + flags
+
+
+def _compiler_version(cxx: str) -> str:
+    try:
+        run = subprocess.run([cxx, "--version"], capture_output=True, text=True, timeout=30)
+        return run.stdout
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build(*, force: bool = False) -> Path:
+    """Compile ``_kernels.cpp`` into the cache (unless already there) and return the file.
+
+    Raises:
+        SparsenetsError: no compiler, or compilation failed (message holds the compiler output).
+    """
+    cxx = _compiler()
+    if cxx is None:
+        raise SparsenetsError("no C++ compiler found (set CXX or install g++)")
+    source = SOURCE.read_bytes()
+    key = hashlib.sha256(
+        b"\0".join([source, _compiler_version(cxx).encode(), _host_key().encode(), " ".join(_FLAGS).encode()])
+    ).hexdigest()[:16]
+    target = cache_dir() / f"sparsenets_kernels_{key}.so"
+    if target.exists() and not force:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    errors = []
+    for extra in (["-fopenmp"], []):  # serial build when the compiler has no OpenMP
+        fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+        os.close(fd)
+        cmd = [cxx, *_FLAGS, *extra, str(SOURCE), "-o", tmp]
+        try:
+            run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+        except (OSError, subprocess.SubprocessError) as exc:
+            errors.append(f"{' '.join(cmd)}: {exc}")
+            os.unlink(tmp)
+            continue
+        if run.returncode == 0:
+            os.replace(tmp, target)  # atomic: concurrent builders write the same file
+            log.info("built native sparse kernels: %s", target)
+            return target
+        os.unlink(tmp)
+        tail = "\n".join(run.stderr.strip().splitlines()[-20:])
+        errors.append(f"{' '.join(cmd)}:\n{tail}")
+    raise SparsenetsError("building the native sparse kernels failed:\n" + "\n".join(errors))
+
+
+class _Library:
+    """The loaded shared library with typed entry points."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.dll = ctypes.CDLL(str(path))
+        if self.dll.sn_abi_version() != ABI_VERSION:
+            raise SparsenetsError(f"{path}: kernel ABI {self.dll.sn_abi_version()} != {ABI_VERSION}")
+        self.openmp = bool(self.dll.sn_openmp())
+        p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
+        self.fn = {}
+        for t in _SUFFIX.values():
+            f = getattr(self.dll, f"sn_pack_{t}")
+            f.argtypes, f.restype = [p, i64, i64, i64, i64, p, i64, i64, p, i32], None
+            self.fn["pack", t] = f
+            f = getattr(self.dll, f"sn_gather_{t}")
+            f.argtypes, f.restype = [p, p, i64, p, i32], None
+            self.fn["gather", t] = f
+            for i in _ISUFFIX.values():
+                f = getattr(self.dll, f"sn_spmm_{t}_{i}")
+                f.argtypes, f.restype = [i64, p, p, p, p, p, p, i64, i64, i64, i64, p, i64, i32], None
+                self.fn["spmm", t, i] = f
+                f = getattr(self.dll, f"sn_sddmm_{t}_{i}")
+                f.argtypes, f.restype = [i64, p, p, p, p, i64, i64, i64, p, i32], None
+                self.fn["sddmm", t, i] = f
+
+
+@functools.cache
+def _load() -> _Library | None:
+    try:
+        return _Library(build())
+    except (SparsenetsError, OSError) as exc:
+        if mode() == "native":
+            raise SparsenetsError(f"native sparse kernels unavailable: {exc}") from exc
+        log.warning("native sparse kernels unavailable, using torch CSR kernels: %s", exc)
+        return None
+
+
+def library() -> _Library | None:
+    """The native kernel library (built on first call), or ``None`` when disabled/unavailable."""
+    if mode() == "torch":
+        return None
+    return _load()
+
+
+def available() -> bool:
+    """Whether the native kernels are in use (builds them on first call)."""
+    return library() is not None
+
+
+def padded(n: int, dtype: torch.dtype) -> int:
+    """``n`` rounded up to the vector width of ``dtype`` (the leading dimension of packed data)."""
+    lanes = _VEC_BYTES // dtype.itemsize
+    return -(-n // lanes) * lanes
+
+
+def _ptr(t: torch.Tensor | None) -> int | None:
+    """The data pointer of a CPU tensor the kernel reads densely (contiguous, checked)."""
+    if t is None:
+        return None
+    if not t.is_contiguous() or t.device.type != "cpu":
+        raise SparsenetsError("native sparse kernels need contiguous CPU tensors")
+    return t.data_ptr()
+
+
+def _dense(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """``t`` as a contiguous tensor of ``dtype`` (no copy when it already is one)."""
+    if dtype is not None and t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def pack(
+    lib: _Library, x: torch.Tensor, tile: int, *, sums: bool = False
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``x (N, C)`` (any strides) packed feature-major in panels of ``tile`` batch columns.
+
+    Returns ``(xp, x.sum(0) (C,) or None)``; ``xp`` has ``C * ld`` elements, shaped ``(C, ld)``
+    (``ld = padded(N)``), laid out as panels (see ``_kernels.cpp``): only the kernels read it.
+    """
+    if x.device.type != "cpu":
+        raise SparsenetsError("native sparse kernels need CPU tensors")
+    n, c = x.shape
+    ld = padded(n, x.dtype)
+    xp = torch.empty(c, ld, dtype=x.dtype)
+    total = torch.empty(c, dtype=x.dtype) if sums else None
+    sn, sc = x.stride()
+    lib.fn["pack", _SUFFIX[x.dtype]](
+        x.data_ptr(), n, c, sn, sc, xp.data_ptr(), ld, tile, None if total is None else total.data_ptr(),
+        torch.get_num_threads(),
+    )
+    return xp, total
+
+
+def spmm(
+    lib: _Library,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    values: torch.Tensor,
+    perm: torch.Tensor | None,
+    bias: torch.Tensor | None,
+    xp: torch.Tensor,
+    n: int,
+    tile: int,
+) -> torch.Tensor:
+    """``Y (n, R)`` row-major, ``Y[m, i] = bias[i] + Σ_k values[perm[k]] · x[m, col[k]]``.
+
+    ``crow (R+1,)``/``col (nnz,)`` (int32 or int64) are a CSR pattern over the ``C`` features
+    of ``xp``, the packed ``x (n, C)`` from :func:`pack` with the same ``tile``; ``perm`` (int64)
+    reorders ``values`` into that pattern's order, or None.
+    """
+    col = _dense(col)
+    crow, values = _dense(crow, col.dtype), _dense(values)
+    perm = None if perm is None else _dense(perm, torch.int64)
+    bias = None if bias is None else _dense(bias)
+    rows = crow.numel() - 1
+    y = torch.empty(n, rows, dtype=values.dtype)
+    lib.fn["spmm", _SUFFIX[values.dtype], _ISUFFIX[col.dtype]](
+        rows, _ptr(crow), _ptr(col), _ptr(values), _ptr(perm), _ptr(bias),
+        _ptr(xp), xp.shape[0], xp.shape[1], tile, n, y.data_ptr(), rows, torch.get_num_threads(),
+    )
+    return y
+
+
+def gather(lib: _Library, values: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """``values[perm]`` (``perm`` int64), in parallel."""
+    values, perm = _dense(values), _dense(perm, torch.int64)
+    out = torch.empty(perm.numel(), dtype=values.dtype)
+    lib.fn["gather", _SUFFIX[values.dtype]](
+        _ptr(values), _ptr(perm), perm.numel(), out.data_ptr(), torch.get_num_threads()
+    )
+    return out
+
+
+def sddmm(
+    lib: _Library, crow: torch.Tensor, col: torch.Tensor, ap: torch.Tensor, bp: torch.Tensor, tile: int
+) -> torch.Tensor:
+    """``out (nnz,)``, ``out[k] = Σ_m a[m, row_k] · b[m, col_k]`` for packed ``ap`` (R features)
+    and ``bp`` (C features) of the same batch, packed with the same ``tile``."""
+    col = _dense(col)
+    crow = _dense(crow, col.dtype)
+    out = torch.empty(col.numel(), dtype=ap.dtype)
+    lib.fn["sddmm", _SUFFIX[ap.dtype], _ISUFFIX[col.dtype]](
+        crow.numel() - 1, _ptr(crow), _ptr(col), _ptr(ap), _ptr(bp), bp.shape[0], ap.shape[1], tile,
+        out.data_ptr(), torch.get_num_threads(),
+    )
+    return out

@@ -1,0 +1,245 @@
+"""Native CSR kernels (sparsenets.sparse.kernels) against dense masked math, and the fallback."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from sparsenets.errors import SparsenetsError
+from sparsenets.sparse import SparseLinear, build_structure, kernels, sparse_linear
+
+pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in beta")
+
+TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
+DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.fixture(scope="module")
+def lib():
+    library = kernels.library()
+    if library is None:
+        pytest.skip("native kernels unavailable (no compiler or SPARSENETS_SPARSE_KERNELS=torch)")
+    return library
+
+
+def _case(out_f, in_f, density, dtype, seed=0, index_dtype=None, kind="random"):
+    gen = torch.Generator().manual_seed(seed)
+    mask = torch.rand(out_f, in_f, generator=gen) < density
+    if kind == "rows" and out_f > 2 and in_f > 2:  # a full row, empty rows, an empty column
+        mask[0] = True
+        mask[1] = False
+        mask[-1] = False
+        mask[:, -1] = False
+    s = build_structure(mask, index_dtype)
+    weight = torch.randn(out_f, in_f, generator=gen, dtype=dtype) * mask
+    return mask, s, weight, weight[mask].contiguous()
+
+
+def _close(actual, expected, dtype):
+    torch.testing.assert_close(actual, expected, atol=TOL[dtype], rtol=TOL[dtype])
+
+
+def _layouts(x):
+    """The same matrix as row-major, column-major, a strided slice and a broadcast view."""
+    n, c = x.shape
+    wide = torch.zeros(n, 2 * c + 1, dtype=x.dtype)
+    wide[:, 1 : 2 * c + 1 : 2] = x
+    yield "row-major", x.contiguous()
+    yield "column-major", x.t().contiguous().t()
+    yield "strided", wide[:, 1 : 2 * c + 1 : 2]
+    yield "broadcast", x[:1].expand(n, c)
+
+
+def _unpack(xp, tile):
+    """The plain ``xᵀ (C, ld)`` of a packed tensor (panels of ``tile`` columns, see _kernels.cpp)."""
+    c, ld = xp.shape
+    lanes = 32 // xp.element_size()
+    width = max(lanes, min(256, tile - tile % lanes))
+    flat, out = xp.reshape(-1), torch.empty_like(xp)
+    for start in range(0, ld, width):
+        w = min(width, ld - start)
+        out[:, start : start + w] = flat[c * start : c * (start + w)].view(c, w)
+    return out
+
+
+TILES = [8, 24, 256]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("n, c", [(1, 1), (5, 3), (8, 8), (13, 37), (100, 64), (300, 19), (0, 4), (4, 0)])
+def test_pack_is_a_padded_transpose(lib, dtype, tile, n, c):
+    x = torch.randn(n, c, dtype=dtype)
+    for name, view in _layouts(x):
+        xp, sums = kernels.pack(lib, view, tile, sums=True)
+        ld = kernels.padded(n, dtype)
+        assert xp.shape == (c, ld) and ld >= n and ld % (32 // xp.element_size()) == 0, name
+        xt = _unpack(xp, tile)
+        assert torch.equal(xt[:, :n], view.t()), name
+        assert not xt[:, n:].any(), name
+        _close(sums, view.sum(0), dtype)
+
+
+SHAPES = [
+    # (out, in, density, batch, kind)
+    (3, 5, 0.5, 1, "random"),
+    (17, 9, 0.3, 7, "rows"),
+    (16, 16, 1.0, 8, "random"),
+    (33, 40, 0.1, 100, "rows"),
+    (40, 70, 0.05, 257, "random"),  # a partial second batch tile
+    (9, 600, 0.02, 520, "random"),
+    (5, 6, 0.0, 4, "random"),  # nnz = 0
+    (6, 4, 0.5, 0, "random"),  # empty batch
+]
+
+
+def _close_to(actual, expected64, dtype):
+    """Compare with a float64 reference; fp32 sums of hundreds of terms get a scaled tolerance."""
+    scale = max(1.0, float(expected64.abs().max())) if expected64.numel() else 1.0
+    tol = TOL[dtype] * scale
+    torch.testing.assert_close(actual, expected64.to(dtype), atol=tol, rtol=TOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("tile", TILES)
+@pytest.mark.parametrize("out_f, in_f, density, batch, kind", SHAPES)
+def test_spmm_and_sddmm_match_dense(lib, dtype, index_dtype, tile, out_f, in_f, density, batch, kind):
+    mask, s, weight, values = _case(out_f, in_f, density, dtype, index_dtype=index_dtype, kind=kind)
+    assert s.col_indices.dtype == index_dtype
+    x = torch.randn(batch, in_f, dtype=dtype)
+    g = torch.randn(batch, out_f, dtype=dtype)
+    bias = torch.randn(out_f, dtype=dtype)
+    x64, g64, w64 = x.double(), g.double(), weight.double()
+    xp, _ = kernels.pack(lib, x, tile)
+    gp, _ = kernels.pack(lib, g, tile)
+    for b in (bias, None):
+        y = kernels.spmm(lib, s.crow_indices, s.col_indices, values, None, b, xp, batch, tile)
+        expected = x64 @ w64.t() + (0 if b is None else b.double())
+        assert y.shape == (batch, out_f) and y.is_contiguous()
+        _close_to(y, expected, dtype)
+    dx = kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, values, s.perm, None, gp, batch, tile)
+    _close_to(dx, g64 @ w64, dtype)
+    dv = kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, tile)
+    _close_to(dv, (g64.t() @ x64)[mask], dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("batch_shape", [(1,), (7,), (3, 5), (2, 3, 4)])
+def test_native_layer_matches_torch_csr_path(monkeypatch, lib, dtype, bias, batch_shape):
+    torch.manual_seed(0)
+    mask = torch.rand(24, 19) < 0.2
+    mask[3] = False
+    layer = SparseLinear(19, 24, mask, bias=bias, dtype=dtype)
+    x = torch.randn(*batch_shape, 19, dtype=dtype)
+    g = torch.randn(*batch_shape, 24, dtype=dtype)
+    results = {}
+    for mode in ("native", "torch"):
+        monkeypatch.setenv("SPARSENETS_SPARSE_KERNELS", mode)
+        layer.zero_grad(set_to_none=True)
+        xr = x.clone().requires_grad_(True)
+        y = layer(xr)
+        y.backward(g)
+        results[mode] = (y, xr.grad, layer.values.grad, None if layer.bias is None else layer.bias.grad)
+    for native, reference in zip(results["native"], results["torch"]):
+        if reference is None:
+            assert native is None
+        else:
+            _close(native, reference, dtype)
+
+
+def test_gradcheck_fp64(lib):
+    mask, s, _, values = _case(7, 9, 0.4, torch.float64, seed=3, kind="rows")
+    x = torch.randn(6, 9, dtype=torch.float64, requires_grad=True)
+    v = values.clone().requires_grad_(True)
+    b = torch.randn(7, dtype=torch.float64, requires_grad=True)
+
+    def fn(x, v, b):
+        return sparse_linear(x, v, b, s.crow_indices, s.col_indices, s.t_crow_indices, s.t_col_indices, s.perm, 7)
+
+    assert torch.autograd.gradcheck(fn, (x, v, b))
+
+
+def test_non_contiguous_grad_output(lib):
+    """``y.sum().backward()`` hands a stride-0 gradient; a transposed view must work too."""
+    torch.manual_seed(1)
+    mask = torch.rand(12, 10) < 0.3
+    layer = SparseLinear(10, 12, mask)
+    dense = layer.to_dense()
+    x = torch.randn(6, 10)
+    layer(x).sum().backward()
+    dense(x).sum().backward()
+    _close(layer.values.grad, dense.weight.grad[mask], torch.float32)
+    _close(layer.bias.grad, dense.bias.grad, torch.float32)
+    layer.zero_grad()
+    dense.zero_grad()
+    g = torch.randn(12, 6).t()
+    layer(x).backward(g)
+    dense(x).backward(g)
+    _close(layer.values.grad, dense.weight.grad[mask], torch.float32)
+
+
+def test_mode_torch_disables_native(monkeypatch):
+    monkeypatch.setenv("SPARSENETS_SPARSE_KERNELS", "torch")
+    assert kernels.library() is None and not kernels.available()
+    monkeypatch.setenv("SPARSENETS_SPARSE_KERNELS", "fast")
+    with pytest.raises(SparsenetsError, match="SPARSENETS_SPARSE_KERNELS"):
+        kernels.library()
+
+
+def test_missing_compiler_falls_back(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("SPARSENETS_CACHE_DIR", str(tmp_path))
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setenv("SPARSENETS_SPARSE_KERNELS", "auto")
+    kernels._load.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="sparsenets.sparse.kernels"):
+            assert kernels.library() is None
+        assert "using torch CSR kernels" in caplog.text
+        layer = SparseLinear(5, 4, torch.rand(4, 5) < 0.5)
+        x = torch.randn(3, 5)
+        _close(layer(x), layer.to_dense()(x), torch.float32)
+        kernels._load.cache_clear()
+        monkeypatch.setenv("SPARSENETS_SPARSE_KERNELS", "native")
+        with pytest.raises(SparsenetsError, match="native sparse kernels unavailable"):
+            kernels.library()
+    finally:
+        kernels._load.cache_clear()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_results_do_not_depend_on_thread_count(lib, dtype):
+    """Each output has one owner thread and a fixed summation order: bitwise equal results."""
+    mask, s, weight, values = _case(300, 200, 0.1, dtype, seed=5, kind="rows")
+    x = torch.randn(150, 200, dtype=dtype)
+    g = torch.randn(150, 300, dtype=dtype)
+    bias = torch.randn(300, dtype=dtype)
+    previous = torch.get_num_threads()
+    results = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            xp, _ = kernels.pack(lib, x, 64)
+            gp, sums = kernels.pack(lib, g, 64, sums=True)
+            results.append((
+                xp, gp, sums,
+                kernels.spmm(lib, s.crow_indices, s.col_indices, values, None, bias, xp, 150, 64),
+                kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, values, s.perm, None, gp, 150, 64),
+                kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, 64),
+            ))
+    finally:
+        torch.set_num_threads(previous)
+    for one, many in zip(*results):
+        assert torch.equal(one, many)
+    _close_to(results[0][3], x.double() @ weight.double().t() + bias.double(), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gather(lib, dtype):
+    values = torch.randn(1000, dtype=dtype)
+    perm = torch.randperm(1000)
+    assert torch.equal(kernels.gather(lib, values, perm), values[perm])
+    assert kernels.gather(lib, values[:0], perm[:0]).shape == (0,)
