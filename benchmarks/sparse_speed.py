@@ -9,6 +9,9 @@ layer); the output layer (->10) is dense in every system. Systems:
 * ``sparse``: the same with ``backend="sparse"`` (CSR :class:`sparsenets.sparse.SparseLinear`,
   native kernels when they build, see ``sparsenets.sparse.kernels``);
 * ``sparse-torch``: the same layer on torch's CSR kernels (MKL), ``SPARSENETS_SPARSE_KERNELS=torch``;
+* ``auto`` / ``auto-torch``: ``backend="auto"`` (each hidden layer timed dense vs CSR at the
+  benchmark's batch size, the faster kept), with the native and with torch's CSR kernels; the
+  table lists the backend chosen per layer and the timings the choice was made on;
 * ``sparselab``: sparselab 0.2.2 ``SparseLinear`` + its ``Static`` algorithm, installed only
   for this benchmark into ``.bench/sparselab`` (a venv seeing this project's torch); skipped
   with a note when it cannot be installed.
@@ -28,7 +31,8 @@ round-robin rounds (medians reported). Measured:
   ``MEMORY_ENV``); the RSS growth of the timing process (default malloc) is reported too;
 * accuracy: test accuracy after ``--epochs`` epochs at 99% (same data order for all);
 * kernels: the bare sparse kernels of one step for the hidden layers (forward, grad-values,
-  grad-input except the first layer), native and torch CSR: the floor a step can reach.
+  grad-input except the first layer), native (in the ``sparse`` process) and torch CSR (in the
+  ``sparse-torch`` process): the floor a step can reach.
 
     .venv/bin/python benchmarks/sparse_speed.py                 # full run (~25 min)
     .venv/bin/python benchmarks/sparse_speed.py --quick         # smoke test (~2 min)
@@ -58,7 +62,8 @@ OUT = ROOT / "benchmarks" / "out"
 BENCH_VENV = ROOT / ".bench" / "sparselab"
 SPARSELAB = "sparselab==0.2.2"
 MODELS = {"nerva": ((784, 1024, 512, 10), 100), "wide": ((784, 4096, 4096, 10), 256)}
-SYSTEMS = ("masked", "sparse", "sparse-torch", "sparselab")
+SYSTEMS = ("masked", "sparse", "sparse-torch", "auto", "auto-torch", "sparselab")
+TORCH_KERNELS = ("sparse-torch", "auto-torch")  # systems run with SPARSENETS_SPARSE_KERNELS=torch
 PROBE_STEPS = 3
 # The memory process: glibc returns every freed block of >= 128 KiB to the OS at once (fixed
 # mmap threshold), so RSS follows the memory the training steps actually hold, whatever the
@@ -162,8 +167,9 @@ def load_data():
     return flat(ds.x_train), ds.y_train, flat(ds.x_test), ds.y_test
 
 
-def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps: int):
-    """``(model, optimizer, after_step)``: a fresh model holding ``init``."""
+def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps: int, batch: int):
+    """``(model, optimizer, after_step, info)``: a fresh model holding ``init``; ``info`` holds
+    the backend of each hidden layer (and, for ``auto``, the timings it chose on)."""
     names = hidden_names(sizes)
     if system == "sparselab":
         import numpy as np
@@ -193,7 +199,7 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
             optimizer.step()
             algorithm.step()
 
-        return model, optimizer, after_step
+        return model, optimizer, after_step, {}
 
     from sparsenets import DynamicSparsity
 
@@ -207,15 +213,23 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
     sparsifier = DynamicSparsity(
         model, optimizer, density=density, total_steps=total_steps, method="static",
         distribution="uniform", dense_last=True, masks=masks,
-        backend="masked" if system == "masked" else "sparse",
+        backend=system.split("-")[0], auto_batch_size=batch,
     )
-    if system.startswith("sparse"):
+    if system != "masked":
         from sparsenets.sparse import SparseLinear, kernels
 
         kernels.library()  # load (or build) the native kernels before anything is measured
-        if not all(isinstance(model[int(n.split(".")[0])], SparseLinear) for n in names):
+        if system.startswith("sparse") and not all(
+            isinstance(model[int(n.split(".")[0])], SparseLinear) for n in names
+        ):
             raise RuntimeError("backend='sparse' did not convert the hidden layers")
-    return model, optimizer, sparsifier.step
+    info = {"backends": dict(sparsifier.backends)}
+    if sparsifier.backend_timings:
+        info["auto_ms"] = {
+            name: {backend: 1e3 * seconds for backend, seconds in t.items()}
+            for name, t in sparsifier.backend_timings.items()
+        }
+    return model, optimizer, sparsifier.step, info
 
 
 def train_step(model, optimizer, after_step, x, y) -> None:
@@ -235,8 +249,9 @@ def evaluate(model, x, y, batch: int) -> float:
     return correct / x.shape[0]
 
 
-def bare_kernels(sizes, init, batch: int, repeats: int) -> dict[str, float]:
-    """Median ms of the sparse kernels of one training step (hidden layers only)."""
+def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict[str, float]:
+    """Median ms of the sparse kernels of one training step (hidden layers only), ``which`` is
+    ``native`` or ``torch``: forward, grad-values, grad-input (not for the first layer)."""
     from sparsenets.sparse import build_structure, kernels
 
     lib = kernels.library()
@@ -263,7 +278,8 @@ def bare_kernels(sizes, init, batch: int, repeats: int) -> dict[str, float]:
             gp, _ = kernels.pack(lib, g, tile, sums=True)
             kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, tile)
             if i > 0:
-                kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, v, s.perm, None, gp, batch, tile)
+                vt = kernels.gather(lib, v, s.perm)
+                kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, vt, None, None, gp, batch, tile)
 
     def torch_csr():
         for i, _, _, b, x, g, w, wt in layers:
@@ -272,10 +288,9 @@ def bare_kernels(sizes, init, batch: int, repeats: int) -> dict[str, float]:
             if i > 0:
                 torch.sparse.mm(wt, g.t()).t().contiguous()
 
-    result = {"kernel_torch_ms": median_ms(torch_csr, repeats)}
-    if lib is not None:
-        result["kernel_native_ms"] = median_ms(native, repeats)
-    return result
+    if which == "native":
+        return {"kernel_ms": median_ms(native, repeats)} if lib is not None else {}
+    return {"kernel_ms": median_ms(torch_csr, repeats)}
 
 
 def measure_memory(model, optimizer, after_step, batches) -> dict:
@@ -296,8 +311,6 @@ def worker(spec: dict) -> dict:
     torch.set_num_threads(spec["threads"])
     sizes, batch = MODELS[spec["model"]]
     init = load_tensors(spec["init"])
-    if spec["system"] == "kernels":
-        return bare_kernels(sizes, init, batch, spec["repeats"])
     x_train, y_train, x_test, y_test = load_data()
     steps = spec["steps"]
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(spec["seed"]))
@@ -308,11 +321,13 @@ def worker(spec: dict) -> dict:
     probe = x_test[:256].contiguous()
     epochs = spec["epochs"]
     steps_per_epoch = spec["train_size"] // batch
-    model, optimizer, after_step = build_system(spec["system"], sizes, init, max(steps, epochs * steps_per_epoch, 1))
+    model, optimizer, after_step, info = build_system(
+        spec["system"], sizes, init, max(steps, epochs * steps_per_epoch, 1), batch
+    )
     if spec.get("phase") == "memory":  # a process of its own, malloc returning freed blocks
         return measure_memory(model, optimizer, after_step, batches[: spec["memory_steps"]])
-    result: dict = {"threads": torch.get_num_threads()}
-    if spec["system"].startswith("sparse") and spec["system"] != "sparselab":
+    result: dict = {"threads": torch.get_num_threads()} | info
+    if spec["system"] not in ("masked", "sparselab"):
         from sparsenets.sparse import kernels
 
         result["kernels"] = "native" if kernels.available() else "torch"
@@ -333,6 +348,8 @@ def worker(spec: dict) -> dict:
     result["rss_growth_mib"] = (rss_kib("VmHWM") - rss_before) / 1024
     result["step_ms"] = 1e3 * statistics.median(times[WARMUP:] or times)
     result["first_step_ms"] = 1e3 * times[0]
+    if spec["system"] in ("sparse", "sparse-torch"):  # the floor, in the same process and moment
+        result |= bare_kernels(sizes, init, batch, spec["repeats"], result["kernels"])
     model.eval()
     x_inf = x_test[:batch].contiguous()
     with torch.no_grad():
@@ -341,7 +358,7 @@ def worker(spec: dict) -> dict:
     if epochs > 0:
         del model, optimizer, after_step
         gc.collect()
-        model, optimizer, after_step = build_system(spec["system"], sizes, init, epochs * steps_per_epoch)
+        model, optimizer, after_step, _ = build_system(spec["system"], sizes, init, epochs * steps_per_epoch, batch)
         gen = torch.Generator().manual_seed(spec["seed"] + 1)
         n = spec["train_size"]
         start = time.perf_counter()
@@ -397,7 +414,7 @@ def combine(runs: list[dict]) -> dict:
     if not ok:
         return runs[0]
     result = dict(ok[0])
-    for key in ("step_ms", "infer_ms", "rss_growth_mib", "first_step_ms"):
+    for key in ("step_ms", "infer_ms", "rss_growth_mib", "first_step_ms", "kernel_ms"):
         if all(key in r for r in ok):
             result[key] = statistics.median(r[key] for r in ok)
             result[key + "_rounds"] = [r[key] for r in ok]
@@ -465,7 +482,6 @@ def main() -> None:
                 "epochs": args.epochs if sparsity >= 0.99 else 0, "train_size": args.train_size,
             }
             row = {"model": model_name, "sparsity": sparsity, "batch": batch, "systems": {}}
-            row["kernels"] = run_worker(sys.executable, base | {"system": "kernels"}, {}, work)
             probes = {}
             for round_index in range(args.rounds):  # round-robin: slow drifts hit every system
                 for system in args.systems:
@@ -476,7 +492,7 @@ def main() -> None:
                     if round_index > 0:
                         spec["epochs"] = 0
                     python = sparselab_py if system == "sparselab" else sys.executable
-                    env = {"SPARSENETS_SPARSE_KERNELS": "torch"} if system == "sparse-torch" else {}
+                    env = {"SPARSENETS_SPARSE_KERNELS": "torch"} if system in TORCH_KERNELS else {}
                     result = run_worker(python, spec, env, work)
                     if "error" not in result and round_index == 0:
                         probes[system] = load_tensors(probe)["out"]
@@ -492,14 +508,69 @@ def main() -> None:
             rows.append(row)
     load_after = os.getloadavg()
     print_table(rows, args, notes, load_before, load_after)
+    checks = bar_checks(rows)
+    if checks:
+        print("\nissue 10 bar (measured above):")
+        for check in checks:
+            print(f"  [{'pass' if check['pass'] else 'FAIL'}] {check['claim']}: {check['measured']}")
     write_json(args.out, {
         "config": {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
         | {"torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
            "loadavg_before": load_before, "loadavg_after": load_after, "lr": LR, "momentum": MOMENTUM,
            "probe_steps": PROBE_STEPS, "warmup_steps": WARMUP, "notes": notes},
         "results": rows,
+        "checks": checks,
     })
     print(f"wrote {args.out}")
+
+
+def bar_checks(rows) -> list[dict]:
+    """The issue's targets, each checked against the measurements of this run."""
+    checks = []
+
+    def check(claim: str, ok: bool, measured: str) -> None:
+        checks.append({"claim": claim, "pass": bool(ok), "measured": measured})
+
+    for row in rows:
+        where = f"{row['model']} {row['sparsity']:.0%}"
+        systems = {k: v for k, v in row["systems"].items() if "error" not in v}
+        step = {k: v["step_ms"] for k, v in systems.items()}
+        if "sparse" not in step:
+            continue
+        sparse = step["sparse"]
+        if "sparselab" in step:
+            check(f"{where}: sparse not slower than sparselab", sparse <= step["sparselab"],
+                  f"{sparse:.2f} vs {step['sparselab']:.2f} ms ({step['sparselab'] / sparse:.2f}x)")
+        if "masked" in step:
+            ratio = step["masked"] / sparse
+            if row["sparsity"] <= 0.9:
+                check(f"{where}: sparse not slower than masked", ratio >= 1, f"{ratio:.1f}x")
+            if row["model"] == "wide" and row["sparsity"] >= 0.99:
+                check(f"{where}: sparse >= 10x faster than masked", ratio >= 10, f"{ratio:.1f}x")
+            if row["model"] == "nerva" and row["sparsity"] >= 0.99:
+                check(f"{where}: sparse >= 4x faster than masked", ratio >= 4, f"{ratio:.1f}x")
+        if row["model"] == "wide" and row["sparsity"] >= 0.99:
+            mem = {k: v.get("train_mem_mib") for k, v in systems.items()}
+            if "sparselab" in step:
+                check(f"{where}: sparse >= 1.5x faster than sparselab", step["sparselab"] / sparse >= 1.5,
+                      f"{step['sparselab'] / sparse:.2f}x")
+            if mem.get("sparse") is not None and mem.get("masked"):
+                check(f"{where}: training memory <= 25% of masked", mem["sparse"] <= 0.25 * mem["masked"],
+                      f"{mem['sparse']:.1f} vs {mem['masked']:.1f} MiB ({mem['sparse'] / mem['masked']:.0%})")
+            if mem.get("sparse") is not None and mem.get("sparselab") is not None:
+                check(f"{where}: training memory below sparselab", mem["sparse"] < mem["sparselab"],
+                      f"{mem['sparse']:.1f} vs {mem['sparselab']:.1f} MiB")
+        for auto, sparse_twin in (("auto", "sparse"), ("auto-torch", "sparse-torch")):
+            if auto in step and "masked" in step and sparse_twin in step:
+                best = min(step["masked"], step[sparse_twin])
+                check(f"{where}: {auto} within 10% of the faster of masked and {sparse_twin}",
+                      step[auto] <= 1.1 * best,
+                      f"{step[auto]:.2f} vs {best:.2f} ms, chose {systems[auto].get('backends')}")
+        acc = {k: v.get("test_acc") for k, v in systems.items()}
+        if acc.get("sparse") is not None and acc.get("masked") is not None:
+            check(f"{where}: sparse test accuracy within 0.5 points of masked",
+                  abs(acc["sparse"] - acc["masked"]) <= 0.005, f"{acc['sparse']:.4f} vs {acc['masked']:.4f}")
+    return checks
 
 
 def _fmt(value, spec: str) -> str:
@@ -526,9 +597,22 @@ def print_table(rows, args, notes, load_before, load_after) -> None:
                 _fmt(r.get("rss_growth_mib"), ".1f"), _fmt(r.get("test_acc"), ".4f"),
                 _fmt(r.get("max_abs_diff_vs_masked"), ".1e"),
             ))
-        k = row["kernels"]
-        lines.append((row["model"], f"{row['sparsity']:.2f}", "kernels only",
-                      f"native {_fmt(k.get('kernel_native_ms'), '.2f')} / torch CSR {_fmt(k.get('kernel_torch_ms'), '.2f')}"))
+        for system in ("sparse", "sparse-torch"):
+            r = row["systems"].get(system, {})
+            if "kernel_ms" in r:
+                label = "kernels only (" + ("native" if r.get("kernels") == "native" else "torch CSR") + ")"
+                lines.append((row["model"], f"{row['sparsity']:.2f}", label, _fmt(r["kernel_ms"], ".2f")))
+        for system in ("auto", "auto-torch"):
+            r = row["systems"].get(system, {})
+            if "backends" in r:
+                timings = r.get("auto_ms", {})
+                chose = ", ".join(
+                    f"{name.split('.')[0]}: {backend}"
+                    + (f" (masked {timings[name]['masked']:.2f} / sparse {timings[name]['sparse']:.2f} ms)"
+                       if name in timings else "")
+                    for name, backend in r["backends"].items()
+                )
+                lines.append((row["model"], f"{row['sparsity']:.2f}", f"{system} chose", chose))
     print(f"\nsparse MLPs on Fashion-MNIST, {args.threads} threads, SGD momentum {MOMENTUM}, lr {LR}; "
           f"hidden layers sparse, output layer dense; load avg before {load_before[0]:.2f}, after {load_after[0]:.2f}")
     for note in notes:
