@@ -183,7 +183,9 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
         for name in names:
             index = int(name.split(".")[0])
             dense = model[index]
-            layer = sparselab.SparseLinear(dense.in_features, dense.out_features, bias=True, sparsity=0.5)
+            layer = sparselab.SparseLinear(
+                dense.in_features, dense.out_features, bias=True, sparsity=0.5
+            )
             layer._csr = layout.from_dense(init[name], padding_ratio=layer.padding_ratio)
             layer._values = nn.Parameter(torch.from_numpy(np.asarray(layer._csr.values)))
             with torch.no_grad():
@@ -211,9 +213,16 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
     masks = {n: init[n.replace("weight", "mask")] for n in names}
     density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
     sparsifier = DynamicSparsity(
-        model, optimizer, density=density, total_steps=total_steps, method="static",
-        distribution="uniform", dense_last=True, masks=masks,
-        backend=system.split("-")[0], auto_batch_size=batch,
+        model,
+        optimizer,
+        density=density,
+        total_steps=total_steps,
+        method="static",
+        distribution="uniform",
+        dense_last=True,
+        masks=masks,
+        backend=system.split("-")[0],
+        auto_batch_size=batch,
     )
     if system != "masked":
         from sparsenets.sparse import SparseLinear, kernels
@@ -265,7 +274,9 @@ def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict[str,
         x = torch.randn(batch, in_f, generator=gen)
         g = torch.randn(batch, out_f, generator=gen)
         b = init[name.replace("weight", "bias")]
-        w = torch.sparse_csr_tensor(s.crow_indices, s.col_indices, v, (out_f, in_f), check_invariants=False)
+        w = torch.sparse_csr_tensor(
+            s.crow_indices, s.col_indices, v, (out_f, in_f), check_invariants=False
+        )
         wt = torch.sparse_csr_tensor(
             s.t_crow_indices, s.t_col_indices, v[s.perm], (in_f, out_f), check_invariants=False
         )
@@ -279,7 +290,9 @@ def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict[str,
             kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, tile)
             if i > 0:
                 vt = kernels.gather(lib, v, s.perm)
-                kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, vt, None, None, gp, batch, tile)
+                kernels.spmm(
+                    lib, s.t_crow_indices, s.t_col_indices, vt, None, None, gp, batch, tile
+                )
 
     def torch_csr():
         for i, _, _, b, x, g, w, wt in layers:
@@ -301,8 +314,11 @@ def measure_memory(model, optimizer, after_step, batches) -> dict:
     reset = reset_peak_rss()
     for x, y in batches:
         train_step(model, optimizer, after_step, x, y)
-    return {"train_mem_mib": (rss_kib("VmHWM") - rss_before) / 1024, "rss_before_mib": rss_before / 1024,
-            "peak_reset": reset}
+    return {
+        "train_mem_mib": (rss_kib("VmHWM") - rss_before) / 1024,
+        "rss_before_mib": rss_before / 1024,
+        "peak_reset": reset,
+    }
 
 
 def worker(spec: dict) -> dict:
@@ -315,7 +331,10 @@ def worker(spec: dict) -> dict:
     steps = spec["steps"]
     order = torch.randperm(x_train.shape[0], generator=torch.Generator().manual_seed(spec["seed"]))
     batches = [
-        (x_train[order[i * batch : (i + 1) * batch]].contiguous(), y_train[order[i * batch : (i + 1) * batch]])
+        (
+            x_train[order[i * batch : (i + 1) * batch]].contiguous(),
+            y_train[order[i * batch : (i + 1) * batch]],
+        )
         for i in range(steps)
     ]
     probe = x_test[:256].contiguous()
@@ -358,7 +377,9 @@ def worker(spec: dict) -> dict:
     if epochs > 0:
         del model, optimizer, after_step
         gc.collect()
-        model, optimizer, after_step, _ = build_system(spec["system"], sizes, init, epochs * steps_per_epoch, batch)
+        model, optimizer, after_step, _ = build_system(
+            spec["system"], sizes, init, epochs * steps_per_epoch, batch
+        )
         gen = torch.Generator().manual_seed(spec["seed"] + 1)
         n = spec["train_size"]
         start = time.perf_counter()
@@ -376,7 +397,11 @@ def worker(spec: dict) -> dict:
 def sparselab_python(allow_install: bool) -> tuple[str | None, str]:
     """The interpreter of the sparselab venv (created on first use), or None and a note."""
     py = BENCH_VENV / "bin" / "python"
-    check = [str(py), "-c", "import sparselab, torch; print(sparselab.__version__, torch.__version__)"]
+    check = [
+        str(py),
+        "-c",
+        "import sparselab, torch; print(sparselab.__version__, torch.__version__)",
+    ]
     if py.exists():
         run = subprocess.run(check, capture_output=True, text=True)
         if run.returncode == 0:
@@ -384,28 +409,39 @@ def sparselab_python(allow_install: bool) -> tuple[str | None, str]:
     if not allow_install:
         return None, "sparselab not installed (--no-install)"
     try:
-        subprocess.run([sys.executable, "-m", "venv", str(BENCH_VENV)], check=True, capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "venv", str(BENCH_VENV)], check=True, capture_output=True
+        )
         # The bench venv sees this project's packages (torch 2.13.0 CPU, numpy, sparsenets)
         # through a .pth file; sparselab itself goes in with --no-deps, so nothing here can pull
         # another torch.
         site = subprocess.run(
             [str(py), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         main_site = subprocess.run(
             [sys.executable, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout.strip()
         Path(site, "zz_main_venv.pth").write_text(f"import site; site.addsitedir({main_site!r})\n")
         subprocess.run(
             [str(py), "-m", "pip", "install", "--quiet", "--no-deps", SPARSELAB],
-            check=True, capture_output=True, text=True,
+            check=True,
+            capture_output=True,
+            text=True,
         )
         run = subprocess.run(check, capture_output=True, text=True, check=True)
         return str(py), f"sparselab {run.stdout.strip()}"
     except (subprocess.CalledProcessError, OSError) as exc:
         detail = getattr(exc, "stderr", "") or str(exc)
-        return None, f"sparselab unavailable: {detail.strip().splitlines()[-1] if detail.strip() else exc}"
+        return (
+            None,
+            f"sparselab unavailable: {detail.strip().splitlines()[-1] if detail.strip() else exc}",
+        )
 
 
 def combine(runs: list[dict]) -> dict:
@@ -422,8 +458,15 @@ def combine(runs: list[dict]) -> dict:
 
 
 def run_worker(python: str, spec: dict, env_extra: dict[str, str], work: Path) -> dict:
-    result_path = work / f"{spec['model']}-{spec['sparsity']}-{spec['system']}-{spec.get('phase', 'time')}.json"
-    env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])} | env_extra
+    result_path = (
+        work
+        / f"{spec['model']}-{spec['sparsity']}-{spec['system']}-{spec.get('phase', 'time')}.json"
+    )
+    env = (
+        os.environ
+        | {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+        | env_extra
+    )
     env["PYTHONPATH"] = str(ROOT / "src") + os.pathsep + env.get("PYTHONPATH", "")
     cmd = [python, __file__, "--worker", json.dumps(spec), "--result", str(result_path)]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -438,10 +481,16 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.9, 0.95, 0.99])
     parser.add_argument("--systems", nargs="+", default=list(SYSTEMS), choices=list(SYSTEMS))
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--steps", type=int, default=40, help="timed training steps (5 warm-ups included)")
+    parser.add_argument(
+        "--steps", type=int, default=40, help="timed training steps (5 warm-ups included)"
+    )
     parser.add_argument("--repeats", type=int, default=20, help="inference / kernel repeats")
-    parser.add_argument("--memory-steps", type=int, default=10, help="training steps of the memory process")
-    parser.add_argument("--epochs", type=int, default=2, help="epochs for test accuracy at 99%% (0: skip)")
+    parser.add_argument(
+        "--memory-steps", type=int, default=10, help="training steps of the memory process"
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=2, help="epochs for test accuracy at 99%% (0: skip)"
+    )
     parser.add_argument("--train-size", type=int, default=60000, help="training samples per epoch")
     parser.add_argument("--rounds", type=int, default=3, help="runs per system (medians reported)")
     parser.add_argument("--seed", type=int, default=0)
@@ -476,10 +525,16 @@ def main() -> None:
             init_path = work / f"init-{model_name}-{sparsity}.safetensors"
             save_tensors(init_path, make_init(sizes, sparsity, args.seed))
             base = {
-                "model": model_name, "sparsity": sparsity, "threads": args.threads, "steps": args.steps,
-                "repeats": args.repeats, "seed": args.seed, "init": str(init_path),
+                "model": model_name,
+                "sparsity": sparsity,
+                "threads": args.threads,
+                "steps": args.steps,
+                "repeats": args.repeats,
+                "seed": args.seed,
+                "init": str(init_path),
                 "memory_steps": args.memory_steps,
-                "epochs": args.epochs if sparsity >= 0.99 else 0, "train_size": args.train_size,
+                "epochs": args.epochs if sparsity >= 0.99 else 0,
+                "train_size": args.train_size,
             }
             row = {"model": model_name, "sparsity": sparsity, "batch": batch, "systems": {}}
             probes = {}
@@ -496,15 +551,23 @@ def main() -> None:
                     result = run_worker(python, spec, env, work)
                     if "error" not in result and round_index == 0:
                         probes[system] = load_tensors(probe)["out"]
-                        memory = run_worker(python, spec | {"phase": "memory", "epochs": 0}, env | MEMORY_ENV, work)
-                        result.update(memory if "error" not in memory else {"memory_error": memory["error"]})
+                        memory = run_worker(
+                            python, spec | {"phase": "memory", "epochs": 0}, env | MEMORY_ENV, work
+                        )
+                        result.update(
+                            memory if "error" not in memory else {"memory_error": memory["error"]}
+                        )
                     row["systems"].setdefault(system, []).append(result)
-                    print(f"  {model_name} {sparsity} {system} round {round_index + 1}: {json.dumps(result)}",
-                          flush=True)
+                    print(
+                        f"  {model_name} {sparsity} {system} round {round_index + 1}: {json.dumps(result)}",
+                        flush=True,
+                    )
             row["systems"] = {system: combine(runs) for system, runs in row["systems"].items()}
             for system, out in probes.items():
                 if "masked" in probes:
-                    row["systems"][system]["max_abs_diff_vs_masked"] = float((out - probes["masked"]).abs().max())
+                    row["systems"][system]["max_abs_diff_vs_masked"] = float(
+                        (out - probes["masked"]).abs().max()
+                    )
             rows.append(row)
     load_after = os.getloadavg()
     print_table(rows, args, notes, load_before, load_after)
@@ -512,15 +575,29 @@ def main() -> None:
     if checks:
         print("\nissue 10 bar (measured above):")
         for check in checks:
-            print(f"  [{'pass' if check['pass'] else 'FAIL'}] {check['claim']}: {check['measured']}")
-    write_json(args.out, {
-        "config": {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
-        | {"torch": torch.__version__, "machine": platform.machine(), "cpus": os.cpu_count(),
-           "loadavg_before": load_before, "loadavg_after": load_after, "lr": LR, "momentum": MOMENTUM,
-           "probe_steps": PROBE_STEPS, "warmup_steps": WARMUP, "notes": notes},
-        "results": rows,
-        "checks": checks,
-    })
+            print(
+                f"  [{'pass' if check['pass'] else 'FAIL'}] {check['claim']}: {check['measured']}"
+            )
+    write_json(
+        args.out,
+        {
+            "config": {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
+            | {
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "cpus": os.cpu_count(),
+                "loadavg_before": load_before,
+                "loadavg_after": load_after,
+                "lr": LR,
+                "momentum": MOMENTUM,
+                "probe_steps": PROBE_STEPS,
+                "warmup_steps": WARMUP,
+                "notes": notes,
+            },
+            "results": rows,
+            "checks": checks,
+        },
+    )
     print(f"wrote {args.out}")
 
 
@@ -539,8 +616,11 @@ def bar_checks(rows) -> list[dict]:
             continue
         sparse = step["sparse"]
         if "sparselab" in step:
-            check(f"{where}: sparse not slower than sparselab", sparse <= step["sparselab"],
-                  f"{sparse:.2f} vs {step['sparselab']:.2f} ms ({step['sparselab'] / sparse:.2f}x)")
+            check(
+                f"{where}: sparse not slower than sparselab",
+                sparse <= step["sparselab"],
+                f"{sparse:.2f} vs {step['sparselab']:.2f} ms ({step['sparselab'] / sparse:.2f}x)",
+            )
         if "masked" in step:
             ratio = step["masked"] / sparse
             if row["sparsity"] <= 0.9:
@@ -552,24 +632,38 @@ def bar_checks(rows) -> list[dict]:
         if row["model"] == "wide" and row["sparsity"] >= 0.99:
             mem = {k: v.get("train_mem_mib") for k, v in systems.items()}
             if "sparselab" in step:
-                check(f"{where}: sparse >= 1.5x faster than sparselab", step["sparselab"] / sparse >= 1.5,
-                      f"{step['sparselab'] / sparse:.2f}x")
+                check(
+                    f"{where}: sparse >= 1.5x faster than sparselab",
+                    step["sparselab"] / sparse >= 1.5,
+                    f"{step['sparselab'] / sparse:.2f}x",
+                )
             if mem.get("sparse") is not None and mem.get("masked"):
-                check(f"{where}: training memory <= 25% of masked", mem["sparse"] <= 0.25 * mem["masked"],
-                      f"{mem['sparse']:.1f} vs {mem['masked']:.1f} MiB ({mem['sparse'] / mem['masked']:.0%})")
+                check(
+                    f"{where}: training memory <= 25% of masked",
+                    mem["sparse"] <= 0.25 * mem["masked"],
+                    f"{mem['sparse']:.1f} vs {mem['masked']:.1f} MiB ({mem['sparse'] / mem['masked']:.0%})",
+                )
             if mem.get("sparse") is not None and mem.get("sparselab") is not None:
-                check(f"{where}: training memory below sparselab", mem["sparse"] < mem["sparselab"],
-                      f"{mem['sparse']:.1f} vs {mem['sparselab']:.1f} MiB")
+                check(
+                    f"{where}: training memory below sparselab",
+                    mem["sparse"] < mem["sparselab"],
+                    f"{mem['sparse']:.1f} vs {mem['sparselab']:.1f} MiB",
+                )
         for auto, sparse_twin in (("auto", "sparse"), ("auto-torch", "sparse-torch")):
             if auto in step and "masked" in step and sparse_twin in step:
                 best = min(step["masked"], step[sparse_twin])
-                check(f"{where}: {auto} within 10% of the faster of masked and {sparse_twin}",
-                      step[auto] <= 1.1 * best,
-                      f"{step[auto]:.2f} vs {best:.2f} ms, chose {systems[auto].get('backends')}")
+                check(
+                    f"{where}: {auto} within 10% of the faster of masked and {sparse_twin}",
+                    step[auto] <= 1.1 * best,
+                    f"{step[auto]:.2f} vs {best:.2f} ms, chose {systems[auto].get('backends')}",
+                )
         acc = {k: v.get("test_acc") for k, v in systems.items()}
         if acc.get("sparse") is not None and acc.get("masked") is not None:
-            check(f"{where}: sparse test accuracy within 0.5 points of masked",
-                  abs(acc["sparse"] - acc["masked"]) <= 0.005, f"{acc['sparse']:.4f} vs {acc['masked']:.4f}")
+            check(
+                f"{where}: sparse test accuracy within 0.5 points of masked",
+                abs(acc["sparse"] - acc["masked"]) <= 0.005,
+                f"{acc['sparse']:.4f} vs {acc['masked']:.4f}",
+            )
     return checks
 
 
@@ -578,43 +672,78 @@ def _fmt(value, spec: str) -> str:
 
 
 def print_table(rows, args, notes, load_before, load_after) -> None:
-    header = ("model", "sparsity", "system", "step ms", "x masked", "x sparselab", "infer ms",
-              "train MiB", "RSS+ MiB", "test acc", "max|Δ|")
+    header = (
+        "model",
+        "sparsity",
+        "system",
+        "step ms",
+        "x masked",
+        "x sparselab",
+        "infer ms",
+        "train MiB",
+        "RSS+ MiB",
+        "test acc",
+        "max|Δ|",
+    )
     lines = []
     for row in rows:
         masked = row["systems"].get("masked", {}).get("step_ms")
         peer = row["systems"].get("sparselab", {}).get("step_ms")
         for system, r in row["systems"].items():
             if "error" in r:
-                lines.append((row["model"], f"{row['sparsity']:.2f}", system, "error: " + r["error"]))
+                lines.append(
+                    (row["model"], f"{row['sparsity']:.2f}", system, "error: " + r["error"])
+                )
                 continue
             ratio = masked / r["step_ms"] if masked else None
             vs_peer = peer / r["step_ms"] if peer else None
-            name = system + (f" ({r['kernels']})" if system == "sparse" and r.get("kernels") != "native" else "")
-            lines.append((
-                row["model"], f"{row['sparsity']:.2f}", name, _fmt(r["step_ms"], ".2f"), _fmt(ratio, ".1f"),
-                _fmt(vs_peer, ".2f"), _fmt(r["infer_ms"], ".2f"), _fmt(r.get("train_mem_mib"), ".1f"),
-                _fmt(r.get("rss_growth_mib"), ".1f"), _fmt(r.get("test_acc"), ".4f"),
-                _fmt(r.get("max_abs_diff_vs_masked"), ".1e"),
-            ))
+            name = system + (
+                f" ({r['kernels']})" if system == "sparse" and r.get("kernels") != "native" else ""
+            )
+            lines.append(
+                (
+                    row["model"],
+                    f"{row['sparsity']:.2f}",
+                    name,
+                    _fmt(r["step_ms"], ".2f"),
+                    _fmt(ratio, ".1f"),
+                    _fmt(vs_peer, ".2f"),
+                    _fmt(r["infer_ms"], ".2f"),
+                    _fmt(r.get("train_mem_mib"), ".1f"),
+                    _fmt(r.get("rss_growth_mib"), ".1f"),
+                    _fmt(r.get("test_acc"), ".4f"),
+                    _fmt(r.get("max_abs_diff_vs_masked"), ".1e"),
+                )
+            )
         for system in ("sparse", "sparse-torch"):
             r = row["systems"].get(system, {})
             if "kernel_ms" in r:
-                label = "kernels only (" + ("native" if r.get("kernels") == "native" else "torch CSR") + ")"
-                lines.append((row["model"], f"{row['sparsity']:.2f}", label, _fmt(r["kernel_ms"], ".2f")))
+                label = (
+                    "kernels only ("
+                    + ("native" if r.get("kernels") == "native" else "torch CSR")
+                    + ")"
+                )
+                lines.append(
+                    (row["model"], f"{row['sparsity']:.2f}", label, _fmt(r["kernel_ms"], ".2f"))
+                )
         for system in ("auto", "auto-torch"):
             r = row["systems"].get(system, {})
             if "backends" in r:
                 timings = r.get("auto_ms", {})
                 chose = ", ".join(
                     f"{name.split('.')[0]}: {backend}"
-                    + (f" (masked {timings[name]['masked']:.2f} / sparse {timings[name]['sparse']:.2f} ms)"
-                       if name in timings else "")
+                    + (
+                        f" (masked {timings[name]['masked']:.2f} / sparse {timings[name]['sparse']:.2f} ms)"
+                        if name in timings
+                        else ""
+                    )
                     for name, backend in r["backends"].items()
                 )
                 lines.append((row["model"], f"{row['sparsity']:.2f}", f"{system} chose", chose))
-    print(f"\nsparse MLPs on Fashion-MNIST, {args.threads} threads, SGD momentum {MOMENTUM}, lr {LR}; "
-          f"hidden layers sparse, output layer dense; load avg before {load_before[0]:.2f}, after {load_after[0]:.2f}")
+    print(
+        f"\nsparse MLPs on Fashion-MNIST, {args.threads} threads, SGD momentum {MOMENTUM}, lr {LR}; "
+        f"hidden layers sparse, output layer dense; load avg before {load_before[0]:.2f}, after {load_after[0]:.2f}"
+    )
     for note in notes:
         print(f"note: {note}")
     print(" | ".join(header))
