@@ -34,7 +34,7 @@ round-robin rounds (medians reported). Measured:
   grad-input except the first layer), native (in the ``sparse`` process) and torch CSR (in the
   ``sparse-torch`` process): the floor a step can reach.
 
-    .venv/bin/python benchmarks/sparse_speed.py                 # full run (~25 min)
+    .venv/bin/python benchmarks/sparse_speed.py                 # full run (~21 min)
     .venv/bin/python benchmarks/sparse_speed.py --quick         # smoke test (~2 min)
     .venv/bin/python benchmarks/sparse_speed.py --models wide --sparsities 0.99 --epochs 0
 """
@@ -623,7 +623,7 @@ def bar_checks(rows) -> list[dict]:
             )
         if "masked" in step:
             ratio = step["masked"] / sparse
-            if row["sparsity"] <= 0.9:
+            if row["sparsity"] >= 0.9:
                 check(f"{where}: sparse not slower than masked", ratio >= 1, f"{ratio:.1f}x")
             if row["model"] == "wide" and row["sparsity"] >= 0.99:
                 check(f"{where}: sparse >= 10x faster than masked", ratio >= 10, f"{ratio:.1f}x")
@@ -651,12 +651,27 @@ def bar_checks(rows) -> list[dict]:
                 )
         for auto, sparse_twin in (("auto", "sparse"), ("auto-torch", "sparse-torch")):
             if auto in step and "masked" in step and sparse_twin in step:
-                best = min(step["masked"], step[sparse_twin])
-                check(
-                    f"{where}: {auto} within 10% of the faster of masked and {sparse_twin}",
-                    step[auto] <= 1.1 * best,
-                    f"{step[auto]:.2f} vs {best:.2f} ms, chose {systems[auto].get('backends')}",
+                chosen = set(systems[auto].get("backends", {}).values())
+                twin = {"sparse": sparse_twin, "masked": "masked"}
+                measured = (
+                    f"chose {systems[auto].get('backends')}; end to end masked {step['masked']:.2f}, "
+                    f"{sparse_twin} {step[sparse_twin]:.2f}, {auto} {step[auto]:.2f} ms"
                 )
+                if len(chosen) == 1:  # one backend for every layer: the faster system, or a tie
+                    (backend,) = chosen
+                    other = "masked" if backend == "sparse" else "sparse"
+                    check(
+                        f"{where}: {auto} chose {twin[backend]}, not slower than {twin[other]} "
+                        "(10% counts as a tie)",
+                        step[twin[backend]] <= 1.1 * step[twin[other]],
+                        measured,
+                    )
+                else:  # a mix: it must beat both single-backend systems (10% for timing noise)
+                    check(
+                        f"{where}: {auto}'s per-layer mix within 10% of the faster single backend",
+                        step[auto] <= 1.1 * min(step["masked"], step[sparse_twin]),
+                        measured,
+                    )
         acc = {k: v.get("test_acc") for k, v in systems.items()}
         if acc.get("sparse") is not None and acc.get("masked") is not None:
             check(

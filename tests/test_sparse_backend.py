@@ -297,6 +297,77 @@ def test_auto_default_timer_measures(make_mlp):
     assert all(t["masked"] > 0 and t["sparse"] > 0 for t in s.backend_timings.values())
     assert all(p.grad is None for p in model.parameters())  # timing leaves no gradients
 
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = make_mlp(SIZES, 0)
+    for key, value in fresh.state_dict().items():  # timing ran on copies: the model is untouched
+        if key in before and key.endswith("bias"):
+            assert torch.equal(before[key], value), key
+
+
+class SlowSGD(torch.optim.SGD):
+    """SGD whose step costs 20 µs per stored element: the update dominates any layer timing."""
+
+    def step(self, closure=None):
+        import time
+
+        time.sleep(2e-5 * sum(p.numel() for group in self.param_groups for p in group["params"]))
+        return super().step(closure)
+
+
+def test_auto_times_the_optimizer_update(make_mlp):
+    # Tiny layers: forward+backward alone favours dense; an update per stored element tips
+    # every layer to sparse, so the choice proves the update is part of the timing.
+    model = make_mlp(SIZES, 0)
+    optimizer = SlowSGD(model.parameters(), lr=0.05, momentum=0.9)
+    s = DynamicSparsity(model, optimizer, density=0.1, total_steps=8, method="static",
+                        backend="auto", auto_batch_size=4)
+    assert set(s.backends.values()) == {"sparse"}, s.backend_timings
+    assert all(t["masked"] > t["sparse"] for t in s.backend_timings.values())
+    assert all(isinstance(model[i], SparseLinear) for i in (0, 2, 4))
+
+
+def test_training_update_matches_the_masked_backend_step():
+    from sparsenets.dst.backend import training_update
+
+    torch.manual_seed(0)
+    linear = nn.Linear(6, 4)
+    mask = torch.rand(4, 6) < 0.5
+    with torch.no_grad():
+        linear.weight.mul_(mask)
+    reference = torch.optim.SGD(nn.Linear(6, 4).parameters(), lr=0.1, momentum=0.9, weight_decay=0.01)
+    update = training_update(linear, reference, mask)
+    x = torch.randn(3, 6)
+    expected = linear.weight.detach().clone()
+    momentum = torch.zeros_like(expected)
+    for _ in range(3):
+        linear.zero_grad(set_to_none=True)
+        linear(x).sum().backward()
+        grad = linear.weight.grad * mask + 0.01 * expected
+        momentum = 0.9 * momentum + grad if _ else grad
+        expected = (expected - 0.1 * momentum) * mask
+        update()
+        torch.testing.assert_close(linear.weight.detach(), expected)
+    assert bool((linear.weight[~mask] == 0).all())
+    sparse = SparseLinear.from_dense(linear, mask)
+    step = training_update(sparse, reference)
+    sparse(x).sum().backward()
+    step()
+    state = [st for st in step.__self__.state.values()]
+    assert sorted(st["momentum_buffer"].numel() for st in state) == sorted([int(mask.sum()), 4])
+    assert training_update(linear, None) is None
+
+
+def test_training_update_without_rebuildable_optimizer_is_none():
+    from sparsenets.dst.backend import training_update
+
+    class NeedsArgument(torch.optim.SGD):
+        def __init__(self, params, extra, **defaults):
+            super().__init__(params, **defaults)
+
+    linear = nn.Linear(3, 2)
+    optimizer = NeedsArgument(nn.Linear(3, 2).parameters(), "x", lr=0.1)
+    assert training_update(linear, optimizer) is None
+
 
 # -- what is supported, and errors -----------------------------------------------------------
 class SmallCNN(nn.Module):

@@ -60,7 +60,7 @@ def test_set_on_digits_sparse_reaches_the_masked_band(tmp_path):
 
 
 def test_auto_resume_keeps_the_checkpoint_layout(tmp_path, monkeypatch):
-    def prefer_sparse_fc2(module, x):
+    def prefer_sparse_fc2(module, x, **_):
         return 1.0 if isinstance(module, SparseLinear) == (module.out_features == 32) else 2.0
 
     monkeypatch.setattr(backend_module, "time_forward_backward", prefer_sparse_fc2)
@@ -70,7 +70,7 @@ def test_auto_resume_keeps_the_checkpoint_layout(tmp_path, monkeypatch):
     assert full["backends"] == expected
     run_training(config, tmp_path / "resumed", progress=False, stop_after_epochs=1)
     # a new measurement would pick another layout: the resumed run must keep the saved one
-    monkeypatch.setattr(backend_module, "time_forward_backward", lambda module, x: 1.0)
+    monkeypatch.setattr(backend_module, "time_forward_backward", lambda module, x, **_: 1.0)
     resumed = run_training(config, tmp_path / "resumed", resume=True, progress=False)
     assert resumed["backends"] == expected
     a = load_tensors(tmp_path / "full" / "checkpoint" / "model.safetensors")

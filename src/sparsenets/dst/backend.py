@@ -5,8 +5,9 @@
   :class:`~sparsenets.sparse.SparseLinear` (CSR); the optimizer holds its ``values``, so every
   per-element optimizer state is ``(nnz,)``. Other sparsified parameters (convolutions, …) stay
   masked.
-* ``auto``: per ``nn.Linear``, time the dense and the CSR forward+backward on a batch of the
-  given size and take the faster.
+* ``auto``: per ``nn.Linear``, time a training step of the dense (masked) and of the CSR layer
+  on a batch of the given size (forward, backward, the optimizer's update and, for the dense
+  layer, the masking) and take the faster.
 
 Only the storage differs: both backends feed the same masks, scores and selection functions
 (:mod:`sparsenets.dst.base`), so for the same seed and the same weights and gradients they
@@ -91,11 +92,15 @@ def _timing_input(linear: nn.Linear, batch_size: int) -> torch.Tensor:
     return x.to(linear.weight.device)
 
 
-def time_forward_backward(module: nn.Module, x: torch.Tensor, repeats: int = 5) -> float:
-    """Median seconds of ``module(x)`` plus its backward (to the input and the weights).
+def time_forward_backward(
+    module: nn.Module, x: torch.Tensor, repeats: int = 5, update: Callable[[], None] | None = None
+) -> float:
+    """Median seconds of ``module(x)``, its backward (to the input and the weights) and
+    ``update()`` (the parameter update of a training step, when given).
 
     One warm-up call, then ``repeats`` timed calls (CUDA is synchronized after each). ``x`` is
-    given ``requires_grad`` as for a hidden layer.
+    given ``requires_grad`` as for a hidden layer; gradients are set to ``None`` before each
+    call, as ``optimizer.zero_grad()`` does.
     """
     x = x.detach().requires_grad_(True)
 
@@ -103,6 +108,8 @@ def time_forward_backward(module: nn.Module, x: torch.Tensor, repeats: int = 5) 
         module.zero_grad(set_to_none=True)
         x.grad = None
         module(x).sum().backward()
+        if update is not None:
+            update()
         if x.is_cuda:  # kernels run asynchronously: wait for them inside the timed region
             torch.cuda.synchronize(x.device)
 
@@ -116,6 +123,40 @@ def time_forward_backward(module: nn.Module, x: torch.Tensor, repeats: int = 5) 
     return statistics.median(times)
 
 
+def training_update(
+    module: nn.Module, optimizer: torch.optim.Optimizer | None, mask: torch.Tensor | None = None
+) -> Callable[[], None] | None:
+    """The parameter update of one training step of ``module`` (a throwaway copy), for timing.
+
+    A new optimizer of ``optimizer``'s class and defaults over ``module``'s parameters, so the
+    update costs what it costs in training: per element of the dense weight, or per nonzero of
+    a ``SparseLinear``. With ``mask`` (the dense candidate), the gradient is masked before and
+    the weight after the update, as the masked backend does. ``None`` when there is no optimizer
+    or it cannot be rebuilt from its defaults.
+    """
+    if optimizer is None:
+        return None
+    params = [p for p in module.parameters() if p.requires_grad]
+    try:
+        twin = type(optimizer)(params, **optimizer.defaults)
+    except (TypeError, ValueError) as exc:
+        log.debug("auto: %s cannot be rebuilt from its defaults (%s); timing without it",
+                  type(optimizer).__name__, exc)
+        return None
+    if mask is None:
+        return twin.step
+    weight = module.weight
+    keep = mask.to(device=weight.device, dtype=weight.dtype)
+
+    @torch.no_grad()
+    def masked_step() -> None:
+        weight.grad.mul_(keep)
+        twin.step()
+        weight.mul_(keep)
+
+    return masked_step
+
+
 def choose_backends(
     spec: str | Mapping[str, str],
     model: nn.Module,
@@ -124,6 +165,7 @@ def choose_backends(
     *,
     batch_size: int = 128,
     timer: Timer | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
 ) -> tuple[dict[str, str], dict[str, dict[str, float]]]:
     """The backend of each sparsified parameter, and the timings ``auto`` measured.
 
@@ -134,8 +176,10 @@ def choose_backends(
         masks: ``{name: bool mask}`` of the sparsified parameters, in order.
         method: the DST method; ``method.sparse_backend`` says whether it runs on CSR layers.
         batch_size: rows of the dummy input ``auto`` times each layer on.
-        timer: ``timer(module, x) -> seconds`` (default :func:`time_forward_backward`); called
-            with a throwaway copy of the dense layer and with its ``SparseLinear`` twin.
+        timer: ``timer(module, x) -> seconds``, called with a throwaway copy of the dense layer
+            and with its ``SparseLinear`` twin. Default: :func:`time_forward_backward` with the
+            :func:`training_update` of ``optimizer``.
+        optimizer: the training optimizer (its class and defaults make the timed update).
 
     Returns:
         ``({name: "masked"|"sparse"}, {name: {"masked": s, "sparse": s}})``.
@@ -172,7 +216,7 @@ def choose_backends(
             log.info("backend auto: method %r runs on the masked backend only", method.name)
             return dict.fromkeys(names, "masked"), {}
         wanted, timings = _auto(model, masks, [n for n in names if _sparse_problem(model, n) is None],
-                                batch_size, timer or time_forward_backward)
+                                batch_size, timer, optimizer)
         backends = {n: ("sparse" if n in wanted else "masked") for n in names}
         log.info("backend auto: %s", ", ".join(f"{n}={b}" for n, b in backends.items()))
         return backends, timings
@@ -185,16 +229,27 @@ def choose_backends(
 
 
 def _auto(
-    model: nn.Module, masks: Mapping[str, torch.Tensor], names: list[str], batch_size: int, timer: Timer
+    model: nn.Module,
+    masks: Mapping[str, torch.Tensor],
+    names: list[str],
+    batch_size: int,
+    timer: Timer | None,
+    optimizer: torch.optim.Optimizer | None,
 ) -> tuple[list[str], dict[str, dict[str, float]]]:
     if not isinstance(batch_size, int) or batch_size < 1:
         raise SparsenetsError(f"auto_batch_size must be a positive integer, got {batch_size!r}")
+
+    def measure(module: nn.Module, x: torch.Tensor, mask: torch.Tensor | None) -> float:
+        if timer is not None:
+            return float(timer(module, x))
+        return float(time_forward_backward(module, x, update=training_update(module, optimizer, mask)))
+
     chosen, timings = [], {}
     for name in names:
         linear = model.get_submodule(name.rpartition(".")[0])
         x = _timing_input(linear, batch_size)
-        masked = float(timer(copy.deepcopy(linear), x))
-        sparse = float(timer(SparseLinear.from_dense(linear, masks[name]), x))
+        masked = measure(copy.deepcopy(linear), x, masks[name])
+        sparse = measure(SparseLinear.from_dense(linear, masks[name]), x, None)
         timings[name] = {"masked": masked, "sparse": sparse}
         if sparse < masked:
             chosen.append(name)

@@ -129,7 +129,8 @@ class DynamicSparsity:
         self.initial_counts = self.method.initial_counts(self)
         self._init_masks(masks)
         self.backends, self.backend_timings = choose_backends(
-            backend, model, self.masks, self.method, batch_size=auto_batch_size, timer=auto_timer
+            backend, model, self.masks, self.method, batch_size=auto_batch_size, timer=auto_timer,
+            optimizer=optimizer,
         )
         self._convert_sparse_layers()
         self.method.attach(self)
