@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-sparse lint clean
 
 setup: $(STAMP) data
 
@@ -36,6 +36,9 @@ bench: setup
 
 bench-llm: setup
 	$(VPY) benchmarks/llm_prune.py --markdown
+
+bench-sparse: setup
+	$(VPY) benchmarks/sparse_speed.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks

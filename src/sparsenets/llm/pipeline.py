@@ -95,7 +95,8 @@ def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = 
         ``None``), so a reload can be checked against the run that saved it.
     """
     protocol = protocol or make_eval()
-    tokenizer = load_tokenizer(model_name)
+    with progress_bars(progress):  # a known name is converted from GGUF on first use
+        tokenizer = load_tokenizer(model_name)
     windows = protocol.windows(tokenizer)
     model = load_causal_lm(model_name, device=device, progress=progress)
     start = time.perf_counter()
@@ -149,7 +150,8 @@ def prune_pretrained(
     get_method(method)
     check_allocation(allocation, parsed)
     calibration = calibration or make_calibration()
-    tokenizer = load_tokenizer(model_name)
+    with progress_bars(progress):  # a known name is converted from GGUF on first use
+        tokenizer = load_tokenizer(model_name)
     calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
     model = load_causal_lm(model_name, device=device, progress=progress)
