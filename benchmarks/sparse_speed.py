@@ -498,12 +498,20 @@ def main() -> None:
     parser.add_argument("--no-install", action="store_true", help="never install sparselab")
     parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     parser.add_argument("--out", default=str(OUT / "sparse_speed.json"))
+    parser.add_argument(
+        "--replot", metavar="JSON", help="only redraw the PNG of a saved result file, run nothing"
+    )
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         result = worker(json.loads(args.worker))
         Path(args.result).write_text(json.dumps(result))
+        return
+    if args.replot:
+        print(
+            f"wrote {plot_results(json.loads(Path(args.replot).read_text())['results'], Path(args.replot).with_suffix('.png'))}"
+        )
         return
     if args.quick:
         args.steps, args.repeats, args.epochs, args.train_size, args.rounds = 12, 5, 1, 6000, 1
@@ -599,6 +607,7 @@ def main() -> None:
         },
     )
     print(f"wrote {args.out}")
+    print(f"wrote {plot_results(rows, Path(args.out).with_suffix('.png'))}")
 
 
 def bar_checks(rows) -> list[dict]:
@@ -680,6 +689,67 @@ def bar_checks(rows) -> list[dict]:
                 f"{acc['sparse']:.4f} vs {acc['masked']:.4f}",
             )
     return checks
+
+
+PLOT_SYSTEMS = {  # system: (label, colour)
+    "masked": ("masked (dense x mask)", "#9e9e9e"),
+    "sparselab": ("sparselab 0.2.2", "#e69f00"),
+    "sparse-torch": ("sparsenets, torch CSR", "#56b4e9"),
+    "sparse": ("sparsenets, native kernels", "#0072b2"),
+}
+
+
+def plot_results(rows, path: Path) -> Path:
+    """Bar charts of step time (log scale) and training memory per model and sparsity."""
+    from sparsenets.io import atomic_path
+    from sparsenets.plots import _pyplot
+
+    plt = _pyplot()
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), squeeze=False)
+    for col, model in enumerate(models):
+        model_rows = [r for r in rows if r["model"] == model]
+        systems = [s for s in PLOT_SYSTEMS if any(s in r["systems"] for r in model_rows)]
+        width = 0.8 / max(len(systems), 1)
+        for row_index, (key, ylabel) in enumerate(
+            (("step_ms", "training step, ms (log)"), ("train_mem_mib", "training memory, MiB"))
+        ):
+            ax = axes[row_index][col]
+            for k, system in enumerate(systems):
+                label, colour = PLOT_SYSTEMS[system]
+                xs, ys = [], []
+                for i, r in enumerate(model_rows):
+                    value = r["systems"].get(system, {}).get(key)
+                    if value is not None:
+                        xs.append(i + (k - (len(systems) - 1) / 2) * width)
+                        ys.append(value)
+                bars = ax.bar(xs, ys, width, label=label, color=colour)
+                if key == "step_ms":
+                    ax.bar_label(bars, fmt="%.3g", fontsize=7, padding=1)
+            ax.set_xticks(range(len(model_rows)), [f"{r['sparsity']:.0%}" for r in model_rows])
+            ax.set_ylabel(ylabel)
+            if key == "step_ms":
+                from matplotlib.ticker import NullFormatter, ScalarFormatter
+
+                ax.set_yscale("log")
+                ax.yaxis.set_major_formatter(ScalarFormatter())
+                ax.yaxis.set_minor_formatter(NullFormatter())
+                low, high = ax.get_ylim()
+                ax.set_ylim(low, high * 1.3)
+                sizes, batch = MODELS[model]
+                ax.set_title(f"{model}: {'-'.join(map(str, sizes))}, batch {batch}")
+            else:
+                ax.set_xlabel("sparsity of the hidden layers")
+            ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=9)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=110)
+    finally:
+        plt.close(fig)
+    return path
 
 
 def _fmt(value, spec: str) -> str:
