@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import statistics
-import time
 import warnings
 from pathlib import Path
 
@@ -25,19 +23,15 @@ from torch import nn
 
 from sparsenets.io import write_json
 from sparsenets.sparse import SparseLinear, kernels
+from sparsenets.timing import median_seconds
 
 warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
 ROOT = Path(__file__).resolve().parent.parent
 
 
 def median_ms(fn, repeats: int) -> float:
-    fn()  # warm-up (MKL allocates its buffers on the first sparse call)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    """One warm-up call (MKL allocates its buffers on the first sparse call), then the median."""
+    return 1e3 * median_seconds(fn, repeats, warmup=1)
 
 
 def bench_sparsity(sparsity: float, n: int, batch: int, repeats: int) -> dict:

@@ -148,14 +148,9 @@ def reset_peak_rss() -> bool:
 
 
 def median_ms(fn, repeats: int, warmup: int = 5) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1e3 * statistics.median(times)
+    from sparsenets.timing import median_seconds
+
+    return 1e3 * median_seconds(fn, repeats, warmup)
 
 
 # -- worker: one (model, sparsity, system) in a fresh process ---------------------------------

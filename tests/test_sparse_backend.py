@@ -486,3 +486,11 @@ def test_mask_store_compact_layout_round_trip():
     assert set(compact.state_dict()) == {"mask_index/w", "ever_active_index/w"}
     with pytest.raises(SparsenetsError, match="missing"):
         compact.load_state_dict({"mask/w": b})
+
+
+def test_median_seconds_calls_warmup_then_repeats():
+    from sparsenets.timing import median_seconds
+
+    calls = []
+    seconds = median_seconds(lambda: calls.append(1), repeats=4, warmup=2)
+    assert len(calls) == 6 and 0 <= seconds < 1

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import statistics
-import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
@@ -31,6 +29,7 @@ from ..optim import mapped_state, replace_param_
 from ..rng import generator as make_generator
 from ..sparse import SparseLinear, remap, sparsify_linear_
 from ..sparse.csr import SUPPORTED_DTYPES
+from ..timing import median_seconds
 
 if TYPE_CHECKING:
     from .base import Method
@@ -113,14 +112,9 @@ def time_forward_backward(
         if x.is_cuda:  # kernels run asynchronously: wait for them inside the timed region
             torch.cuda.synchronize(x.device)
 
-    once()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - started)
+    seconds = median_seconds(once, repeats, warmup=1)
     module.zero_grad(set_to_none=True)
-    return statistics.median(times)
+    return seconds
 
 
 def training_update(
