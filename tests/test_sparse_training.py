@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-import sparsenets.dst.backend as backend_module
+import sparsenets.dst.auto as backend_module
 from sparsenets.cli import main
 from sparsenets.config import build_config
 from sparsenets.data import load_dataset

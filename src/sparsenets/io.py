@@ -41,12 +41,6 @@ def write_json(path: str | Path, data: Any) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
 
 
-def append_jsonl(path: str | Path, record: Mapping[str, Any]) -> None:
-    """Append one JSON line (a line is written whole with a single ``write``)."""
-    with open(path, "a") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:
     """Save a flat ``{name: tensor}`` as safetensors, atomically (tensors made contiguous)."""
     flat = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}

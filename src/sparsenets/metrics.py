@@ -19,8 +19,9 @@ a Linear on ``(B, T, in)``, ``H_out · W_out`` for a Conv2d. A conv weight alrea
 A module called several times in one forward pass (weight sharing) accumulates its positions; a
 module never called counts 0.
 
-A :class:`~sparsenets.sparse.SparseLinear` counts as a Linear layer whose weight is named
-``<module>.weight`` (its dense shape), with its stored values as the active weights.
+Layers are asked through their :class:`~sparsenets.layers.WeightLayer` view, whatever their
+storage: a CSR :class:`~sparsenets.sparse.SparseLinear` counts as a Linear layer whose weight is
+named ``<module>.weight`` (its dense shape), with its stored values as the active weights.
 
 Stored bytes
 ------------
@@ -42,45 +43,50 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
+from .layers import DENSE_WEIGHT_TYPES, WeightLayer, weight_layer, weight_layers, weight_name
 from .masks import MaskStore
-from .sparse import SparseLinear
-from .sparse.csr import index_dtype_for
+from .sparse.csr import stored_bytes
+
+__all__ = [
+    "FLOP_MODULE_TYPES", "TOTAL", "churn", "density_by_layer", "flop_modules", "itop_rates",
+    "layer_bytes", "layer_flops", "mask_nnz", "measured_density", "module_dims", "output_positions",
+    "stored_bytes", "weight_shape", "weight_shapes",
+]
 
 log = logging.getLogger(__name__)
 
-#: Module types whose FLOPs are counted.
-FLOP_MODULE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+#: Standard module types whose FLOPs are counted (plus any layer implementing
+#: :class:`~sparsenets.layers.WeightLayer`).
+FLOP_MODULE_TYPES: tuple[type[nn.Module], ...] = DENSE_WEIGHT_TYPES
 #: Key of the all-layers entry in :func:`layer_flops`'s result (never a weight's name).
 TOTAL = "total"
 
 ExampleInput = torch.Tensor | Sequence[torch.Tensor]
 
 
-def _weight_name(module_name: str) -> str:
-    return f"{module_name}.weight" if module_name else "weight"
-
-
 def flop_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """``{weight name: module}`` of every Linear/Conv/SparseLinear layer of ``model``."""
-    return {
-        _weight_name(name): module
-        for name, module in model.named_modules()
-        if isinstance(module, SparseLinear)
-        or (isinstance(module, FLOP_MODULE_TYPES) and getattr(module, "weight", None) is not None)
-    }
+    """``{weight name: module}`` of every Linear/Conv/CSR layer of ``model``."""
+    return {name: module for name, (module, _view) in weight_layers(model).items()}
+
+
+def _view(module: nn.Module) -> WeightLayer:
+    view = weight_layer(module)
+    if view is None:
+        raise SparsenetsError(f"{type(module).__name__} has no Linear/Conv weight to measure")
+    return view
 
 
 def weight_shape(module: nn.Module) -> tuple[int, ...]:
-    """The (dense) weight shape of a Linear/Conv/SparseLinear module."""
-    return module.shape if isinstance(module, SparseLinear) else tuple(module.weight.shape)
+    """The (dense) weight shape of a Linear/Conv/CSR module."""
+    return tuple(_view(module).shape)
 
 
 def weight_shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
-    """``{name: shape}`` of every parameter, plus ``<module>.weight`` of each SparseLinear."""
+    """``{name: shape}`` of every parameter, plus ``<module>.weight`` of each layer whose
+    weight is not a parameter of its dense shape (CSR layers)."""
     shapes = {name: tuple(p.shape) for name, p in model.named_parameters()}
-    for name, module in model.named_modules():
-        if isinstance(module, SparseLinear):
-            shapes[_weight_name(name)] = module.shape
+    for name, (_module, view) in weight_layers(model).items():
+        shapes.setdefault(name, tuple(view.shape))
     return shapes
 
 
@@ -128,8 +134,10 @@ def output_positions(
     totals = {key: 0 for key in modules}
 
     def make_hook(key: str):
+        width = _view(modules[key]).out_width
+
         def hook(module: nn.Module, inputs: Any, output: torch.Tensor) -> None:
-            totals[key] += output.numel() // _out_width(module)
+            totals[key] += output.numel() // width
 
         return hook
 
@@ -147,17 +155,9 @@ def output_positions(
     return {key: _count(total, batch) for key, total in totals.items()}
 
 
-def _out_width(module: nn.Module) -> int:
-    """Output features (Linear) or channels (conv) of one output position."""
-    return module.out_features if isinstance(module, nn.Linear | SparseLinear) else module.out_channels
-
-
 def module_dims(module: nn.Module) -> int:
     """Spatial dimensions of a conv module (1, 2 or 3); 0 for a Linear."""
-    for dims, cls in enumerate((nn.Conv1d, nn.Conv2d, nn.Conv3d), start=1):
-        if isinstance(module, cls):
-            return dims
-    return 0
+    return _view(module).spatial_dims
 
 
 def _mask_nnz(mask: torch.Tensor) -> int:
@@ -191,9 +191,10 @@ def layer_flops(
         SparsenetsError: conv layers without ``example_input``.
     """
     masks = {} if masks is None else masks
-    modules = flop_modules(model)
+    layers = weight_layers(model)
+    modules = {name: module for name, (module, _view) in layers.items()}
     if example_input is None:
-        convs = [name for name, module in modules.items() if module_dims(module) > 0]
+        convs = [name for name, (_module, view) in layers.items() if view.spatial_dims > 0]
         if convs:
             raise SparsenetsError(
                 f"FLOPs of conv layers need example_input (a batch the model accepts) to know "
@@ -205,12 +206,9 @@ def layer_flops(
     result: dict[str, dict[str, Any]] = {}
     total_dense: int | float = 0
     total_sparse: int | float = 0
-    for name, module in modules.items():
-        numel = math.prod(weight_shape(module))
-        if name in masks:
-            nnz = mask_nnz(masks, name)
-        else:
-            nnz = module.nnz if isinstance(module, SparseLinear) else numel
+    for name, (module, view) in layers.items():
+        numel = math.prod(view.shape)
+        nnz = mask_nnz(masks, name) if name in masks else view.stored_nnz
         dense, sparse = 2 * numel * positions[name], 2 * nnz * positions[name]
         total_dense += dense
         total_sparse += sparse
@@ -281,10 +279,11 @@ def measured_density(model: nn.Module, names: Iterable[str] | None = None) -> di
         SparsenetsError: a name that is not a parameter of ``model``.
     """
     params: dict[str, torch.Tensor] = dict(model.named_parameters())
-    for name, module in model.named_modules():
-        if isinstance(module, SparseLinear):
-            params[_weight_name(name)] = module.dense_weight()
-    names = list(flop_modules(model)) if names is None else list(names)
+    layers = weight_layers(model)
+    for name, (_module, view) in layers.items():
+        if name not in params:  # a weight not stored as a dense parameter (CSR)
+            params[name] = view.dense_weight()
+    names = list(layers) if names is None else list(names)
     unknown = [n for n in names if n not in params]
     if unknown:
         raise SparsenetsError(
@@ -293,58 +292,23 @@ def measured_density(model: nn.Module, names: Iterable[str] | None = None) -> di
     return {n: _mask_nnz(params[n].detach()) / max(params[n].numel(), 1) for n in names}
 
 
-def stored_bytes(
-    shape: Sequence[int],
-    nnz: int,
-    value_dtype: torch.dtype,
-    index_dtype: torch.dtype | None = None,
-    bias: int = 0,
-) -> dict[str, int]:
-    """Bytes of a weight stored dense and stored as CSR (pure; see the module docstring).
-
-    Args:
-        shape: the dense weight shape ``(out, ...)``.
-        nnz: stored (active) weights.
-        value_dtype: dtype of the weights (and of the bias).
-        index_dtype: dtype of the CSR indices; default what a ``SparseLinear`` would use
-            (int32 when every index fits, else int64).
-        bias: entries of the bias (0 without one); counted on both sides.
-
-    Returns:
-        ``{"dense": numel · itemsize + bias, "sparse": values + col indices + row pointers + bias}``.
-    """
-    shape = tuple(int(d) for d in shape) or (1,)
-    rows = shape[0] if len(shape) > 1 else 1
-    numel = math.prod(shape)
-    cols = numel // rows if rows else 0
-    index_dtype = index_dtype or index_dtype_for((rows, cols), int(nnz))
-    value_size = torch.empty((), dtype=value_dtype).element_size()
-    index_size = torch.empty((), dtype=index_dtype).element_size()
-    bias_bytes = int(bias) * value_size
-    return {
-        "dense": numel * value_size + bias_bytes,
-        "sparse": int(nnz) * (value_size + index_size) + (rows + 1) * index_size + bias_bytes,
-    }
-
-
 def layer_bytes(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, dict[str, int]]:
     """:func:`stored_bytes` of every masked weight of ``model`` (at the real dtypes).
 
-    A ``SparseLinear`` counts its own value and index dtypes; a dense parameter counts the CSR
-    it would be stored as. The bias of the weight's module is included on both sides.
+    Each layer answers for itself (:meth:`~sparsenets.layers.WeightLayer.stored_bytes`): a CSR
+    layer counts its own value and index dtypes, a dense weight the CSR it would be stored as
+    with the mask's nonzeros. The bias of the weight's module is included on both sides. A
+    masked parameter that is no Linear/Conv weight counts alone (no bias).
     """
-    modules = flop_modules(model)
+    layers = weight_layers(model)
     params = dict(model.named_parameters())
     out = {}
     for name in masks:
-        module = modules.get(name)
-        bias = getattr(module, "bias", None) if module is not None else None
-        bias_numel = bias.numel() if isinstance(bias, torch.Tensor) else 0
-        if isinstance(module, SparseLinear):
-            out[name] = stored_bytes(
-                module.shape, module.nnz, module.values.dtype, module.col_indices.dtype, bias_numel
-            )
+        nnz = mask_nnz(masks, name)
+        if name in layers:
+            view = layers[name][1]
+            out[name] = view.stored_bytes(None if view.backend == "sparse" else nnz)
         else:
             param = params[name]
-            out[name] = stored_bytes(param.shape, mask_nnz(masks, name), param.dtype, None, bias_numel)
+            out[name] = stored_bytes(tuple(param.shape), nnz, param.dtype)
     return out

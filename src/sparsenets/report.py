@@ -12,8 +12,9 @@ Linear/Conv weight products, biases ignored. Totals of FLOPs cover every Linear/
 
 Stored bytes (:func:`sparsenets.metrics.stored_bytes`) compare each masked weight (with its
 module's bias) stored dense against stored as CSR (values + column indices + row pointers);
-totals cover the masked layers. The ``backend`` column says how a layer is held now: ``sparse``
-for a :class:`~sparsenets.sparse.SparseLinear`, ``masked`` otherwise.
+totals cover the masked layers. The ``backend`` column says how a layer holds its weight now, as
+the layer itself answers (:class:`~sparsenets.layers.WeightLayer`): ``sparse`` for a CSR
+:class:`~sparsenets.sparse.SparseLinear`, ``masked`` for dense storage.
 """
 
 from __future__ import annotations
@@ -29,18 +30,17 @@ from torch import nn
 
 from .errors import SparsenetsError
 from .masks import MaskStore
+from .layers import weight_layers
 from .metrics import (
     TOTAL,
     ExampleInput,
     churn,
     density_by_layer,
-    flop_modules,
     itop_rates,
     layer_bytes,
     layer_flops,
     weight_shapes,
 )
-from .sparse import SparseLinear
 
 if TYPE_CHECKING:
     from .dst.sparsifier import DynamicSparsity
@@ -262,10 +262,7 @@ def format_shape(shape: Sequence[int]) -> str:
 # -- building --------------------------------------------------------------------------------
 def _nonzero_masks(model: nn.Module) -> dict[str, torch.Tensor]:
     """Masks ``weight != 0`` of every Linear/Conv weight (for pruned models without masks)."""
-    masks = {
-        name: module.mask() if isinstance(module, SparseLinear) else module.weight.detach() != 0
-        for name, module in flop_modules(model).items()
-    }
+    masks = {name: view.nonzero_mask() for name, (_module, view) in weight_layers(model).items()}
     if not masks:
         raise SparsenetsError(
             "the model has no nn.Linear/nn.Conv weight to report on; pass masks={name: mask}"
@@ -346,7 +343,7 @@ def report(
     flops_total = flops.pop(TOTAL)  # other keys are Linear/Conv weight names, never "total"
     itop = itop_rates(store) if store is not None else {}
     stored = layer_bytes(model, masks)
-    modules = flop_modules(model)
+    views = {name: view for name, (_module, view) in weight_layers(model).items()}
     layers = [
         LayerReport(
             name=name,
@@ -357,7 +354,7 @@ def report(
             flops_dense=flops[name]["flops_dense"] if name in flops else None,
             flops_sparse=flops[name]["flops_sparse"] if name in flops else None,
             itop_rate=itop.get(name),
-            backend="sparse" if isinstance(modules.get(name), SparseLinear) else "masked",
+            backend=views[name].backend if name in views else "masked",
             bytes_dense=stored[name]["dense"],
             bytes_sparse=stored[name]["sparse"],
         )

@@ -2,13 +2,35 @@
 
 A run therefore replays exactly, resumes exactly from a checkpoint (no generator state needs to
 be saved), and distributed ranks agree without communication.
+
+Each kind of random choice draws from its own named :class:`Stream`, so adding a new random
+choice never shifts the numbers of an existing one. A stream's value is part of the seed
+derivation: changing one would change every run that uses it.
 """
 
 from __future__ import annotations
 
 import hashlib
+from enum import IntEnum
 
 import torch
+
+
+class Stream(IntEnum):
+    """Named random streams: ``generator(seed, step, layer_index, Stream.X)``."""
+
+    #: tie-breaking when selecting weights to drop (and to grow) in a topology update
+    DROP = 0
+    #: random grow scores (SET, MEST, CTRE's random share) and tie-breaking among grow scores
+    GROW = 1
+    #: GraNet's extra drop by magnitude after the scheduled pruning
+    REGROW_DROP = 2
+    #: the initial random mask of each layer (drawn at step 0)
+    INIT_MASK = 3
+    #: initial values of regrown weights with ``regrow_init="random"``
+    REGROW_VALUES = 4
+    #: the order of training examples in an epoch (``generator(seed, epoch, Stream.DATA_ORDER)``)
+    DATA_ORDER = 11
 
 
 def derive_seed(*parts: int) -> int:

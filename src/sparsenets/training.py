@@ -44,7 +44,7 @@ from .io import (
 from .models import build_model
 from .plots import plot_accuracy, plot_itop, plot_layer_density
 from .report import report
-from .rng import generator
+from .rng import Stream, generator
 from .sparse import save_sparse, sparse_layers
 
 log = logging.getLogger(__name__)
@@ -120,7 +120,7 @@ class Trainer:
         model.train()
         x = self.data.x_train.to(self.device)
         y = self.data.y_train.to(self.device)
-        order = generator(cfg.seed, epoch, 11)
+        order = generator(cfg.seed, epoch, Stream.DATA_ORDER)
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
             batches(x, y, cfg.batch_size, shuffle=True, generator=order),

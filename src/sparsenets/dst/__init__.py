@@ -1,6 +1,6 @@
 """Dynamic sparse training: the sparsifier and its method presets."""
 
-from .base import DropAndGrow, Method, drop_and_grow
+from .base import DropAndGrow, Method, MethodState, Regrowing, Scheduled, SparsityContext, drop_and_grow, drop_count
 from .methods import CTRE, MEST, SET, SNFS, RigL, Static
 from .pruning import GMP, GraNet
 from .registry import METHODS, make_method, method_options
@@ -8,5 +8,6 @@ from .sparsifier import DynamicSparsity
 
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity",
-    "GraNet", "Method", "RigL", "Static", "drop_and_grow", "make_method", "method_options",
+    "GraNet", "Method", "MethodState", "Regrowing", "RigL", "Scheduled", "SparsityContext",
+    "Static", "drop_and_grow", "drop_count", "make_method", "method_options",
 ]

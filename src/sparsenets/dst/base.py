@@ -1,30 +1,149 @@
-"""The method interface and the shared drop-and-grow loop of dynamic sparse training.
+"""What a dynamic-sparse-training method may use, and the method hierarchy's shared parts.
 
-A method is a frozen dataclass of hyperparameters. It never owns tensors: per-run state (masks,
-buffers such as SNFS's momentum) lives in the :class:`~sparsenets.dst.sparsifier.DynamicSparsity`
-passed to every hook as ``ctx``. Methods read the dense weight and the gradient at active
-positions through ``ctx.weight(name)`` and ``ctx.grad(name)`` (materialized at update steps on
-the sparse backend), so one code path drives both backends. ``update`` returns the new masks; the sparsifier applies them,
-zeroes dropped weights, initialises grown ones and resets their optimizer state in one place.
+A method is a frozen dataclass of hyperparameters. It never owns tensors and never sees the
+sparsifier running it: every hook gets a :class:`SparsityContext`, a narrow protocol with the
+masks, the weight and gradients of a layer (on either backend: dense masked weights or CSR
+layers), named random streams, the method's own typed state (:class:`MethodState`) and whether
+the next step is an update. ``update`` returns the new masks; the sparsifier installs them
+(zeroes dropped weights, initialises grown ones, resets their optimizer state) in one place.
+
+The hierarchy::
+
+    Method                      static topology; the hooks
+    └── Scheduled               update interval and end fraction (when updates happen)
+        ├── Regrowing           drop fraction and its schedule, ITOP exploration, regrowth init
+        │   └── DropAndGrow     the fixed-budget loop: SET, RigL, SNFS, MEST, CTRE
+        └── GMP                 gradual magnitude pruning (dense-to-sparse)
+            └── GraNet          GMP + Regrowing: pruning plus neuroregeneration
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING, ClassVar
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, ClassVar, Protocol
 
 import torch
+from torch import nn
 
 from ..errors import SparsenetsError, choice_error
+from ..masks import MaskStore
+from ..rng import Stream
 from ..schedules import DropFraction, UpdateSchedule
 from ..scores import magnitude
 from ..select import select_bottomk, select_topk
 
-if TYPE_CHECKING:
-    from .sparsifier import DynamicSparsity
-
 REGROW_INITS = ("zero", "random")
-Grads = dict[str, torch.Tensor]
+
+
+class SparsityContext(Protocol):
+    """All a method may use of the sparsifier that runs it.
+
+    Attributes:
+        masks: the current masks ``{weight name: bool tensor}`` (read; install changes by
+            returning them from :meth:`Method.update`).
+        target_counts: ``{name: nnz}`` the allocation asks for at the end of training.
+        initial_counts: ``{name: nnz}`` at step 0 (not yet set while
+            :meth:`Method.initial_counts` runs).
+        allocation: the layer-wise allocation the counts come from (``"erk"``, ``"er"``,
+            ``"uniform"`` or custom densities).
+        total_steps: the planned number of ``step()`` calls.
+        step_count: the steps done so far.
+        device: where the masks and weights live.
+        state: the method's own per-run tensors (what :meth:`Method.make_state` built).
+    """
+
+    masks: MaskStore
+    target_counts: Mapping[str, int]
+    initial_counts: Mapping[str, int]
+    allocation: Any
+    total_steps: int
+    step_count: int
+    device: torch.device
+    state: MethodState
+
+    def weight(self, name: str) -> torch.Tensor:
+        """The dense weight of ``name`` (its shape), detached; CSR layers materialize it."""
+        ...
+
+    def grad(self, name: str) -> torch.Tensor | None:
+        """The gradient as the optimizer sees it (zero at inactive positions), dense."""
+        ...
+
+    def dense_grad(self, name: str) -> torch.Tensor:
+        """∂L/∂W of the dense weight, inactive positions included: in :meth:`Method.update`
+        of a method with ``needs_dense_grad``, and in :meth:`Method.observe` (masked layers)."""
+        ...
+
+    def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
+        """The CPU generator of one random choice, derived from (seed, step, layer, stream)."""
+        ...
+
+    def next_step_is_update(self) -> bool:
+        """Whether the coming ``step()`` updates the topology (for capturing in forward hooks)."""
+        ...
+
+    def add_forward_hook(self, name: str, hook: Callable) -> None:
+        """Register a forward hook on the module owning weight ``name`` (removed on close)."""
+        ...
+
+
+def scratch(**kwargs: Any) -> Any:
+    """A :class:`MethodState` field for what one step captures for its own update."""
+    return field(default_factory=dict, metadata={"scratch": True}, **kwargs)
+
+
+@dataclass
+class MethodState:
+    """Base of a method's typed per-run tensors: each field is ``{layer name: tensor}``.
+
+    Ordinary fields persist: they are saved in checkpoints as flat keys
+    ``<prefix><field>/<layer>`` and moved with the model. Fields declared with :func:`scratch`
+    hold what the forward/backward pass before a step captures for that step's update; the
+    sparsifier clears them when ``step()`` returns, so nothing outlives its step.
+    """
+
+    prefix: ClassVar[str] = ""
+
+    def _fields(self, scratch_fields: bool) -> list[str]:
+        return [f.name for f in fields(self) if bool(f.metadata.get("scratch")) == scratch_fields]
+
+    def persistent(self) -> dict[str, torch.Tensor]:
+        """The persistent tensors as flat ``{"<prefix><field>/<layer>": tensor}`` (not copies)."""
+        return {
+            f"{self.prefix}{kind}/{layer}": tensor
+            for kind in self._fields(False)
+            for layer, tensor in getattr(self, kind).items()
+        }
+
+    def load_persistent(self, flat: Mapping[str, torch.Tensor], device: torch.device) -> None:
+        """Restore what :meth:`persistent` returned (validated: every key known)."""
+        kinds = {f"{self.prefix}{kind}": getattr(self, kind) for kind in self._fields(False)}
+        for key, tensor in flat.items():
+            kind, _, layer = key.partition("/")
+            if kind not in kinds or not layer:
+                raise SparsenetsError(f"checkpoint holds unknown method state {key!r}")
+            kinds[kind][layer] = tensor.to(device)
+
+    def captured(self) -> dict[str, torch.Tensor]:
+        """The scratch tensors held now, flat as in :meth:`persistent`."""
+        return {
+            f"{self.prefix}{kind}/{layer}": tensor
+            for kind in self._fields(True)
+            for layer, tensor in getattr(self, kind).items()
+        }
+
+    def clear_scratch(self) -> None:
+        """Drop every scratch tensor (the sparsifier calls this at the end of each step)."""
+        for kind in self._fields(True):
+            getattr(self, kind).clear()
+
+    def to(self, device: torch.device) -> None:
+        """Move every tensor to ``device`` (in place)."""
+        for kind in self._fields(False) + self._fields(True):
+            tensors = getattr(self, kind)
+            for layer in tensors:
+                tensors[layer] = tensors[layer].to(device)
 
 
 def check_option_types(method: Method) -> None:
@@ -50,6 +169,13 @@ def check_option_types(method: Method) -> None:
             )
 
 
+def drop_count(fraction: float, nnz: int, free: int) -> int:
+    """How many of ``nnz`` active weights an update drops (and regrows) at drop fraction
+    ``fraction``: ``round(fraction · nnz)``, at most ``nnz`` and at most the ``free``
+    (inactive) positions regrowth can choose from."""
+    return min(round(fraction * nnz), nnz, free)
+
+
 @dataclass(frozen=True)
 class Method:
     """Base class: a fixed topology (no updates). Subclasses override the hooks they need."""
@@ -57,11 +183,12 @@ class Method:
     name: ClassVar[str] = "static"
     #: whether ``update`` needs the dense gradient (before masking) at update steps.
     needs_dense_grad: ClassVar[bool] = False
-    #: whether the method runs on the sparse (CSR) backend. Methods read weights and gradients
-    #: through ``ctx.weight(name)`` / ``ctx.grad(name)``, which work on both backends.
+    #: whether the method runs on the sparse (CSR) backend.
     sparse_backend: ClassVar[bool] = True
     #: why not, when ``sparse_backend`` is False (shown in the error).
     sparse_unsupported_reason: ClassVar[str] = ""
+    #: how grown weights start (an option of methods that grow: ``"zero"`` or ``"random"``).
+    regrow_init: ClassVar[str] = "zero"
 
     def __post_init__(self) -> None:
         check_option_types(self)
@@ -73,47 +200,73 @@ class Method:
     def check(self, total_steps: int) -> None:
         """Validate against the run length; raise :class:`SparsenetsError` on bad settings."""
 
-    def initial_counts(self, ctx: DynamicSparsity) -> dict[str, int]:
+    def make_state(self, ctx: SparsityContext) -> MethodState:
+        """The method's per-run tensors (none by default)."""
+        return MethodState()
+
+    def initial_counts(self, ctx: SparsityContext) -> dict[str, int]:
         """Active weights per layer at the start (default: the target allocation)."""
         return dict(ctx.target_counts)
 
-    def attach(self, ctx: DynamicSparsity) -> None:
+    def attach(self, ctx: SparsityContext) -> None:
         """Called once the sparsifier is built (e.g. to register forward hooks)."""
 
-    def observe(self, ctx: DynamicSparsity, step: int) -> None:
-        """Called every step before gradients are masked (dense ``param.grad`` is readable)."""
+    def observe(self, ctx: SparsityContext, step: int) -> None:
+        """Called every step before gradients are masked (``ctx.dense_grad`` is readable)."""
 
-    def is_update(self, ctx: DynamicSparsity, step: int) -> bool:
+    def is_update(self, ctx: SparsityContext, step: int) -> bool:
         """Whether the topology changes at ``step``."""
         return False
 
-    def update(self, ctx: DynamicSparsity, step: int, grads: Grads | None) -> dict[str, torch.Tensor]:
+    def update(self, ctx: SparsityContext, step: int) -> dict[str, torch.Tensor]:
         """New masks ``{name: bool tensor}`` for the layers that change."""
         return {}
 
 
 @dataclass(frozen=True)
-class DropAndGrow(Method):
-    """Fixed budget: every ``update_every`` steps drop ``f(t)·nnz`` weights and grow as many.
+class Scheduled(Method):
+    """Topology updates every ``update_every`` steps until ``end_fraction`` of training.
 
     Args:
         update_every: ΔT, steps between topology updates.
-        drop_fraction: α, the initial drop fraction.
-        drop_schedule: ``"cosine"`` (α/2·(1+cos(πt/T_end))), ``"linear"`` or ``"constant"``.
         end_fraction: fraction of training after which the topology is frozen.
+    """
+
+    name: ClassVar[str] = "scheduled"
+    update_every: int = 100
+    end_fraction: float = 0.75
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.end_fraction <= 1.0:
+            raise SparsenetsError(f"end_fraction must be in (0, 1], got {self.end_fraction}")
+        UpdateSchedule(self.update_every, 1)  # validates update_every
+
+    def end_step(self, ctx: SparsityContext) -> int:
+        return int(self.end_fraction * ctx.total_steps)
+
+    def update_schedule(self, ctx: SparsityContext) -> UpdateSchedule:
+        return UpdateSchedule(self.update_every, self.end_step(ctx))
+
+    def is_update(self, ctx: SparsityContext, step: int) -> bool:
+        return self.update_schedule(ctx).is_update(step)
+
+
+@dataclass(frozen=True)
+class Regrowing(Scheduled):
+    """Options of methods that drop weights and regrow as many elsewhere.
+
+    Args:
+        drop_fraction: α, the initial share of a layer's active weights dropped per update.
+        drop_schedule: ``"cosine"`` (α/2·(1+cos(πt/T_end))), ``"linear"`` or ``"constant"``.
         explore: ITOP exploration — grow never-active positions before any other.
         regrow_init: ``"zero"`` (grown weights start at 0) or ``"random"`` (drawn from
             U(-1/√fan_in, 1/√fan_in), PyTorch's default Linear/Conv range).
-
-    Dropped and grown positions are disjoint: growth picks among positions that were inactive
-    before the update, so a just-dropped weight is never regrown in the same update.
     """
 
-    name: ClassVar[str] = "drop_and_grow"
-    update_every: int = 100
+    name: ClassVar[str] = "regrowing"
     drop_fraction: float = 0.3
     drop_schedule: str = "cosine"
-    end_fraction: float = 0.75
     explore: bool = False
     regrow_init: str = "zero"
 
@@ -121,67 +274,67 @@ class DropAndGrow(Method):
         super().__post_init__()
         if self.regrow_init not in REGROW_INITS:
             raise choice_error("regrow_init", self.regrow_init, REGROW_INITS)
-        if not 0.0 < self.end_fraction <= 1.0:
-            raise SparsenetsError(f"end_fraction must be in (0, 1], got {self.end_fraction}")
-        # Validation of the remaining fields happens in the schedule constructors.
-        UpdateSchedule(self.update_every, 1)
-        DropFraction(self.drop_fraction, 1, self.drop_schedule)
+        DropFraction(self.drop_fraction, 1, self.drop_schedule)  # validates both
 
-    # -- schedules ---------------------------------------------------------------------------
-    def end_step(self, ctx: DynamicSparsity) -> int:
-        return int(self.end_fraction * ctx.total_steps)
-
-    def update_schedule(self, ctx: DynamicSparsity) -> UpdateSchedule:
-        return UpdateSchedule(self.update_every, self.end_step(ctx))
-
-    def drop_fraction_at(self, ctx: DynamicSparsity, step: int) -> float:
+    def drop_fraction_at(self, ctx: SparsityContext, step: int) -> float:
         return DropFraction(self.drop_fraction, self.end_step(ctx), self.drop_schedule).value(step)
 
-    def is_update(self, ctx: DynamicSparsity, step: int) -> bool:
-        return self.update_schedule(ctx).is_update(step)
+    def preferred(self, ctx: SparsityContext, name: str) -> torch.Tensor | None:
+        """Positions grown first: the never-active ones when exploring (ITOP), else None."""
+        return ~ctx.masks.ever_active(name) if self.explore else None
 
-    # -- scores (override in presets) --------------------------------------------------------
-    def drop_score(self, ctx: DynamicSparsity, name: str, grads: Grads | None) -> torch.Tensor:
+
+@dataclass(frozen=True)
+class DropAndGrow(Regrowing):
+    """Fixed budget: every ``update_every`` steps drop ``f(t)·nnz`` weights and grow as many.
+
+    Options: see :class:`Scheduled` and :class:`Regrowing`. Dropped and grown positions are
+    disjoint: growth picks among positions that were inactive before the update, so a
+    just-dropped weight is never regrown in the same update. A preset overrides
+    :meth:`grow_score` (and maybe :meth:`drop_score` / :meth:`grow_counts`).
+    """
+
+    name: ClassVar[str] = "drop_and_grow"
+
+    def drop_score(self, ctx: SparsityContext, name: str) -> torch.Tensor:
         """Score of active weights; the lowest are dropped. Default |w|."""
         return magnitude(ctx.weight(name))
 
     def grow_score(
-        self, ctx: DynamicSparsity, name: str, grads: Grads | None, gen: torch.Generator, n_grow: int
+        self, ctx: SparsityContext, name: str, gen: torch.Generator, n_grow: int
     ) -> torch.Tensor:
         """Score of inactive positions; the ``n_grow`` highest are grown."""
         raise NotImplementedError
 
-    def grow_counts(self, ctx: DynamicSparsity, drop_counts: dict[str, int], grads: Grads | None) -> dict[str, int]:
+    def grow_counts(self, ctx: SparsityContext, drop_counts: dict[str, int]) -> dict[str, int]:
         """How many positions each layer grows (default: as many as it dropped)."""
         return dict(drop_counts)
 
-    # -- the shared loop ---------------------------------------------------------------------
-    def drop_counts(self, ctx: DynamicSparsity, step: int) -> dict[str, int]:
+    def drop_counts(self, ctx: SparsityContext, step: int) -> dict[str, int]:
         fraction = self.drop_fraction_at(ctx, step)
-        counts = {}
-        for name, mask in ctx.masks.items():
-            nnz = int(mask.sum())
-            counts[name] = min(round(fraction * nnz), nnz, mask.numel() - nnz)
-        return counts
+        return {
+            name: drop_count(fraction, ctx.masks.nnz(name), mask.numel() - ctx.masks.nnz(name))
+            for name, mask in ctx.masks.items()
+        }
 
-    def update(self, ctx: DynamicSparsity, step: int, grads: Grads | None) -> dict[str, torch.Tensor]:
+    def update(self, ctx: SparsityContext, step: int) -> dict[str, torch.Tensor]:
         drops = self.drop_counts(ctx, step)
-        grows = self.grow_counts(ctx, drops, grads)
+        grows = self.grow_counts(ctx, drops)
         return {
             name: drop_and_grow(
                 ctx.masks[name],
-                drop_score=self.drop_score(ctx, name, grads) if drops[name] else None,
+                drop_score=self.drop_score(ctx, name) if drops[name] else None,
                 grow_score=(
-                    self.grow_score(ctx, name, grads, ctx.generator(step, index, 1), grows[name])
+                    self.grow_score(ctx, name, ctx.generator(step, name, Stream.GROW), grows[name])
                     if grows[name]
                     else None
                 ),
                 n_drop=drops[name],
                 n_grow=grows[name],
-                prefer=~ctx.masks.ever_active(name) if self.explore else None,
-                generator=ctx.generator(step, index, 0),
+                prefer=self.preferred(ctx, name),
+                generator=ctx.generator(step, name, Stream.DROP),
             )
-            for index, name in enumerate(ctx.masks)
+            for name in ctx.masks
         }
 
 
@@ -213,3 +366,8 @@ def drop_and_grow(
     if n_grow > 0 and grow_score is not None:
         new_mask |= select_topk(grow_score, n_grow, ~mask, prefer=prefer, generator=generator)
     return new_mask
+
+
+def module_of(model: nn.Module, name: str) -> nn.Module:
+    """The module owning parameter ``name`` (``"fc1.weight" -> model.fc1``)."""
+    return model.get_submodule(name.rpartition(".")[0])

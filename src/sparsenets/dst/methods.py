@@ -6,8 +6,8 @@ Each preset only says how it scores drops and growth; the loop is
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, ClassVar
+from dataclasses import dataclass, field
+from typing import ClassVar
 
 import torch
 
@@ -20,10 +20,7 @@ from ..scores import (
     random_scores,
 )
 from ..select import select_topk
-from .base import DropAndGrow, Method
-
-if TYPE_CHECKING:
-    from .sparsifier import DynamicSparsity
+from .base import DropAndGrow, Method, MethodState, SparsityContext, scratch
 
 
 @dataclass(frozen=True)
@@ -39,8 +36,8 @@ class SET(DropAndGrow):
 
     name: ClassVar[str] = "set"
 
-    def grow_score(self, ctx, name, grads, gen, n_grow):
-        return random_scores(ctx.masks[name].shape, gen, ctx.device)
+    def grow_score(self, ctx, name, gen, n_grow):
+        return random_scores(ctx.masks.shapes[name], gen, ctx.device)
 
 
 @dataclass(frozen=True)
@@ -50,8 +47,17 @@ class RigL(DropAndGrow):
     name: ClassVar[str] = "rigl"
     needs_dense_grad: ClassVar[bool] = True
 
-    def grow_score(self, ctx, name, grads, gen, n_grow):
-        return gradient_magnitude(grads[name])
+    def grow_score(self, ctx, name, gen, n_grow):
+        return gradient_magnitude(ctx.dense_grad(name))
+
+
+@dataclass
+class SNFSState(MethodState):
+    """SNFS's exponential average of the dense gradient, per layer (checkpointed as
+    ``snfs_momentum/<layer>``)."""
+
+    prefix: ClassVar[str] = "snfs_"
+    momentum: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -60,8 +66,8 @@ class SNFS(DropAndGrow):
 
     Drops by |w| in every layer, then redistributes the total regrowth across layers in
     proportion to each layer's mean |momentum| over its active weights, and grows by |momentum|.
-    The momentum is an exponential average of the *dense* gradient, kept by the sparsifier
-    (``buffers["snfs_momentum/<name>"]``) because the optimizer only sees masked gradients.
+    The momentum is an exponential average of the *dense* gradient, kept in the method's state
+    (:class:`SNFSState`) because the optimizer only sees masked gradients.
     The global nnz is exact; per-layer nnz changes.
 
     Args:
@@ -75,24 +81,27 @@ class SNFS(DropAndGrow):
     )
     momentum: float = 0.9
 
-    def attach(self, ctx):
-        for name, param in ctx.params.items():
-            ctx.buffers.setdefault(f"snfs_momentum/{name}", torch.zeros_like(param, memory_format=torch.contiguous_format))
+    def make_state(self, ctx: SparsityContext) -> SNFSState:
+        return SNFSState(momentum={
+            name: torch.zeros(shape, device=ctx.device, dtype=ctx.weight(name).dtype)
+            for name, shape in ctx.masks.shapes.items()
+        })
 
     @torch.no_grad()
     def observe(self, ctx, step):
-        for name, param in ctx.params.items():
-            if param.grad is not None:
-                ctx.buffers[f"snfs_momentum/{name}"].mul_(self.momentum).add_(param.grad)
+        for name, momentum in ctx.state.momentum.items():
+            grad = ctx.dense_grad(name)
+            if grad is not None:
+                momentum.mul_(self.momentum).add_(grad)
 
-    def grow_score(self, ctx, name, grads, gen, n_grow):
-        return ctx.buffers[f"snfs_momentum/{name}"].abs()
+    def grow_score(self, ctx, name, gen, n_grow):
+        return ctx.state.momentum[name].abs()
 
-    def grow_counts(self, ctx, drop_counts, grads):
+    def grow_counts(self, ctx, drop_counts):
         weights, caps = {}, {}
         for name, mask in ctx.masks.items():
-            momentum = ctx.buffers[f"snfs_momentum/{name}"].abs()
-            active = int(mask.sum())
+            momentum = ctx.state.momentum[name].abs()
+            active = ctx.masks.nnz(name)
             weights[name] = float(momentum[mask].mean()) if active else 0.0
             caps[name] = mask.numel() - active
         return proportional_counts(sum(drop_counts.values()), weights, caps)
@@ -111,11 +120,11 @@ class MEST(DropAndGrow):
     name: ClassVar[str] = "mest"
     grad_weight: float = 1.0
 
-    def drop_score(self, ctx, name, grads):
+    def drop_score(self, ctx, name):
         return mest_drop_score(ctx.weight(name), ctx.grad(name), self.grad_weight)
 
-    def grow_score(self, ctx, name, grads, gen, n_grow):
-        return random_scores(ctx.masks[name].shape, gen, ctx.device)
+    def grow_score(self, ctx, name, gen, n_grow):
+        return random_scores(ctx.masks.shapes[name], gen, ctx.device)
 
 
 @dataclass(frozen=True)
@@ -142,15 +151,17 @@ class CTRE(DropAndGrow):
         if not 0.0 <= self.random_fraction <= 1.0:
             raise SparsenetsError(f"random_fraction must be in [0, 1], got {self.random_fraction}")
 
+    def make_state(self, ctx: SparsityContext) -> CTREState:
+        return CTREState()
+
     def attach(self, ctx):
         for name in ctx.masks:
-            module = ctx.model.get_submodule(name.rpartition(".")[0])
-            ctx.add_forward_hook(module, _CosineCapture(ctx, self, name))
+            ctx.add_forward_hook(name, _CosineCapture(ctx, name))
 
-    def grow_score(self, ctx, name, grads, gen, n_grow):
+    def grow_score(self, ctx, name, gen, n_grow):
         mask = ctx.masks[name]
         noise = random_scores(mask.shape, gen, ctx.device)
-        similarity = ctx.transient.pop(f"ctre/{name}", None)
+        similarity = ctx.state.similarity.get(name)
         if similarity is None:
             return noise
         while similarity.dim() < mask.dim():
@@ -165,15 +176,23 @@ class CTRE(DropAndGrow):
         return torch.where(by_similarity, 2.0, noise)
 
 
+@dataclass
+class CTREState(MethodState):
+    """The ``(n_out, n_in)`` activation similarity of each layer, captured by a forward hook
+    on the training batch before an update step and used by that step (scratch)."""
+
+    similarity: dict[str, torch.Tensor] = scratch()
+
+
 class _CosineCapture:
     """Forward hook storing CTRE's (n_out, n_in) activation similarity before an update step."""
 
-    def __init__(self, ctx: DynamicSparsity, method: CTRE, name: str):
-        self.ctx, self.method, self.name = ctx, method, name
+    def __init__(self, ctx: SparsityContext, name: str):
+        self.ctx, self.name = ctx, name
 
     @torch.no_grad()
     def __call__(self, module, inputs, output):
-        if not module.training or not self.method.is_update(self.ctx, self.ctx.step_count + 1):
+        if not module.training or not self.ctx.next_step_is_update():
             return
         x, y = inputs[0], output
         if x.dim() > 2 and isinstance(module, torch.nn.modules.conv._ConvNd):
@@ -182,4 +201,4 @@ class _CosineCapture:
         else:
             x = x.reshape(-1, x.shape[-1])  # (tokens, n_in)
             y = y.reshape(-1, y.shape[-1])  # (tokens, n_out)
-        self.ctx.transient[f"ctre/{self.name}"] = activation_cosine_similarity(x, y)
+        self.ctx.state.similarity[self.name] = activation_cosine_similarity(x, y)

@@ -13,22 +13,17 @@ from torch import nn
 
 from ..allocation import CustomAllocation, allocate_counts
 from ..errors import SparsenetsError, check_density
-from ..masks import MaskStore, mask_to_index
-from ..optim import check_optimizer_covers, mask_gradients_, reset_state_
+from ..masks import MaskStore
+from ..optim import check_optimizer_covers, reset_state_
+from ..rng import Stream
 from ..rng import generator as make_generator
 from ..select import random_mask
 from ..sparse import SparseLinear
-from ..sparse.csr import csr_to_dense
 from ..targets import find_targets
-from .backend import (
-    DenseGradCapture,
-    Timer,
-    check_backend,
-    choose_backends,
-    convert_to_sparse_,
-    set_sparse_topology_,
-)
-from .base import Method
+from .auto import Timer
+from .backend import check_backend, choose_backends
+from .base import Method, MethodState, module_of
+from .layers import CSRLayer, LayerBackend, MaskedLayer
 from .registry import make_method
 
 log = logging.getLogger(__name__)
@@ -74,12 +69,17 @@ class DynamicSparsity:
     Attributes:
         masks: :class:`~sparsenets.masks.MaskStore`, ``{name: bool tensor}`` (sparse-backend
             layers are kept compact, as sorted flat indices).
+        layers: ``{name: LayerBackend}``, how each sparsified weight is held
+            (:mod:`sparsenets.dst.layers`).
         params: ``{name: Parameter}`` the optimizer updates: the dense weight (masked backend)
             or the ``SparseLinear``'s ``values`` ``(nnz,)`` (sparse backend).
         backends: ``{name: "masked"|"sparse"}``; ``backend_timings`` holds what ``auto`` measured.
         sparse_modules: ``{name: SparseLinear}`` of the sparse-backend layers.
+        state: the method's typed per-run tensors (:class:`~sparsenets.dst.base.MethodState`).
         history: one dict per topology update (step, per-layer nnz / dropped / grown, ITOP rate).
         update_seconds: wall time spent in topology updates.
+
+    The sparsifier is the :class:`~sparsenets.dst.base.SparsityContext` its method runs against.
     """
 
     def __init__(
@@ -106,7 +106,7 @@ class DynamicSparsity:
         if not isinstance(total_steps, int) or total_steps < 1:
             raise SparsenetsError(f"total_steps must be a positive integer, got {total_steps!r}")
         self.model, self.optimizer = model, optimizer
-        self.total_steps, self.seed, self.distribution = total_steps, int(seed), distribution
+        self.total_steps, self.seed, self.allocation = total_steps, int(seed), distribution
         self.method = make_method(method, **method_options)
         self.method.check(total_steps)
         backend = check_backend(backend)
@@ -114,99 +114,122 @@ class DynamicSparsity:
         names = find_targets(
             model, include=include, exclude=exclude, dense_first=dense_first, dense_last=dense_last
         )
-        self.params: dict[str, nn.Parameter] = {n: all_params[n] for n in names}
-        check_optimizer_covers(optimizer, self.params)
-        self.device = next(iter(self.params.values())).device
-        self.masks = MaskStore({n: tuple(p.shape) for n, p in self.params.items()}, self.device)
+        self._index = {name: index for index, name in enumerate(names)}
+        check_optimizer_covers(optimizer, {n: all_params[n] for n in names})
+        self.device = all_params[names[0]].device
+        self.masks = MaskStore({n: tuple(all_params[n].shape) for n in names}, self.device)
         self.target_counts = allocate_counts(self.masks.shapes, self.density, distribution)
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
         self.update_seconds = 0.0
-        self.buffers: dict[str, torch.Tensor] = {}
-        self.transient: dict[str, torch.Tensor] = {}
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
-        self.sparse_modules: dict[str, SparseLinear] = {}
         self.initial_counts = self.method.initial_counts(self)
-        self._init_masks(masks)
+        self._init_masks(masks, all_params)
         self.backends, self.backend_timings = choose_backends(
             backend, model, self.masks, self.method, batch_size=auto_batch_size, timer=auto_timer,
             optimizer=optimizer,
         )
-        self._convert_sparse_layers()
+        self.layers: dict[str, LayerBackend] = {
+            name: self._make_layer(name, all_params[name]) for name in names
+        }
+        self.state: MethodState = self.method.make_state(self)
         self.method.attach(self)
 
     # -- construction ------------------------------------------------------------------------
-    def _init_masks(self, masks: Mapping[str, torch.Tensor] | None) -> None:
+    def _init_masks(self, masks: Mapping[str, torch.Tensor] | None, params: Mapping[str, nn.Parameter]) -> None:
+        names = list(self._index)
         if masks is not None:
-            unknown = set(masks) - set(self.params)
-            missing = set(self.params) - set(masks)
+            unknown = set(masks) - set(names)
+            missing = set(names) - set(masks)
             if unknown or missing:
                 raise SparsenetsError(
                     f"initial masks must name exactly the sparsified parameters "
                     f"(missing: {sorted(missing)}, unknown: {sorted(unknown)})"
                 )
-            for name in self.params:
+            for name in names:
                 self.masks.set(name, masks[name])
-            self.initial_counts = {n: self.masks.nnz(n) for n in self.params}
+            self.initial_counts = {n: self.masks.nnz(n) for n in names}
         else:
-            for index, (name, count) in enumerate(self.initial_counts.items()):
-                gen = make_generator(self.seed, 0, index, 3)
+            for name, count in self.initial_counts.items():
+                gen = self.generator(0, name, Stream.INIT_MASK)
                 self.masks.set(name, random_mask(self.masks.shapes[name], count, gen, self.device))
         self.masks.reset_ever_active()
-        self.masks.apply_(self.model)
-        for name, param in self.params.items():
-            reset_state_(self.optimizer, param, ~self.masks[name])
+        self.masks.apply_to_({n: params[n] for n in names})
+        for name in names:
+            reset_state_(self.optimizer, params[name], ~self.masks[name])
 
-    def _convert_sparse_layers(self) -> None:
-        """Put the layers chosen for the sparse backend on CSR storage (model and optimizer)."""
-        for name, backend in self.backends.items():
-            if backend != "sparse":
-                continue
-            layer = convert_to_sparse_(self.model, self.optimizer, name, self.masks[name])
-            self.sparse_modules[name] = layer
-            self.params[name] = layer.values
-            self.masks.set_compact(name)
-            if self.method.needs_dense_grad:
-                self.add_forward_hook(layer, DenseGradCapture(self, name))
+    def _make_layer(self, name: str, param: nn.Parameter) -> LayerBackend:
+        if self.backends[name] != "sparse":
+            return MaskedLayer(name, param, self.masks, self.optimizer)
+        due = self.next_step_is_update if self.method.needs_dense_grad else None
+        layer = CSRLayer(self.model, name, self.masks, self.optimizer, capture_due=due)
+        if layer.hook is not None:
+            self._hooks.append(layer.hook)
+        return layer
 
     @property
-    def masked_params(self) -> dict[str, nn.Parameter]:
-        """``{name: dense weight}`` of the masked-backend layers."""
-        return {n: p for n, p in self.params.items() if n not in self.sparse_modules}
+    def distribution(self) -> str | CustomAllocation:
+        """The ``distribution`` argument (the layer-wise allocation; also ``allocation``)."""
+        return self.allocation
 
+    @property
+    def params(self) -> dict[str, nn.Parameter]:
+        """``{name: Parameter}`` the optimizer updates for each sparsified weight."""
+        return {name: layer.param for name, layer in self.layers.items()}
+
+    @property
+    def sparse_modules(self) -> dict[str, SparseLinear]:
+        """``{name: SparseLinear}`` of the sparse-backend layers."""
+        return {name: layer.module for name, layer in self.layers.items() if isinstance(layer, CSRLayer)}
+
+    @property
+    def buffers(self) -> dict[str, torch.Tensor]:
+        """The method's persistent tensors, flat (e.g. ``snfs_momentum/<layer>``)."""
+        return self.state.persistent()
+
+    @property
+    def transient(self) -> dict[str, torch.Tensor]:
+        """What is held for the current step only (captured dense gradients, CTRE's
+        similarities); empty after every ``step()``."""
+        held = {f"dense_grad/{n}": t for n, layer in self.layers.items() if (t := layer.captured()) is not None}
+        return held | self.state.captured()
+
+    # -- the SparsityContext a method sees ----------------------------------------------------
     def weight(self, name: str) -> torch.Tensor:
         """The dense weight of ``name`` (its parameter's shape), detached.
 
         Masked backend: the parameter itself. Sparse backend: a new tensor materialized from the
         CSR values (meant for topology updates only).
         """
-        layer = self.sparse_modules.get(name)
-        return layer.dense_weight() if layer is not None else self.params[name].detach()
+        return self.layers[name].weight()
 
     def grad(self, name: str) -> torch.Tensor | None:
         """The gradient of ``name`` as the optimizer sees it (zero at inactive positions), dense.
 
         None before the first backward. Sparse backend: materialized from ``values.grad``.
         """
-        layer = self.sparse_modules.get(name)
-        if layer is None:
-            return self.params[name].grad
-        grad = layer.values.grad
-        if grad is None:
-            return None
-        return csr_to_dense(layer.crow_indices, layer.col_indices, grad, layer.shape)
+        return self.layers[name].grad()
+
+    def dense_grad(self, name: str) -> torch.Tensor | None:
+        """∂L/∂W of ``name`` at every position: at update steps of a method with
+        ``needs_dense_grad`` (captured before masking), and in ``observe`` on masked layers."""
+        return self.layers[name].dense_grad()
+
+    def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
+        """The CPU generator for one random choice at ``step`` for layer ``name``."""
+        return make_generator(self.seed, step, self._index[name], int(stream))
+
+    def next_step_is_update(self) -> bool:
+        """Whether the coming ``step()`` call updates the topology."""
+        return self.method.is_update(self, self.step_count + 1)
+
+    def add_forward_hook(self, name: str, hook: Callable) -> None:
+        """Register a forward hook on the module owning weight ``name`` (removed by :meth:`close`)."""
+        self._hooks.append(module_of(self.model, name).register_forward_hook(hook))
 
     def initial_density(self) -> float:
         """Global density at step 0 (1.0 for dense-to-sparse methods)."""
         return sum(self.initial_counts.values()) / self.masks.numel()
-
-    def generator(self, step: int, *index: int) -> torch.Generator:
-        """The CPU generator for a random choice at ``step`` (derived from the seed)."""
-        return make_generator(self.seed, step, *index)
-
-    def add_forward_hook(self, module: nn.Module, hook: Callable) -> None:
-        """Register a forward hook owned by this sparsifier (removed by :meth:`close`)."""
-        self._hooks.append(module.register_forward_hook(hook))
 
     def close(self) -> None:
         """Remove the forward hooks this sparsifier registered."""
@@ -232,65 +255,62 @@ class DynamicSparsity:
                 loss = closure()
         self.step_count += 1
         step = self.step_count
-        first = next(iter(self.params.values()))
-        if first.device != self.device:  # the model was moved after construction
-            self.device = first.device
-            self.masks.to(self.device)
-            self.buffers = {k: v.to(self.device) for k, v in self.buffers.items()}
-        due = self.method.is_update(self, step)
-        grads = self._dense_grads(step) if due and self.method.needs_dense_grad else None
-        for key in [k for k in self.transient if k.startswith("dense_grad/")]:
-            del self.transient[key]
-        self.method.observe(self, step)
-        masked = self.masked_params
-        mask_gradients_(masked, self.masks)
-        result = self.optimizer.step()
-        self.masks.apply_to_(masked)
-        if due:
-            started = time.perf_counter()
-            self._update_topology(step, grads)
-            self.update_seconds += time.perf_counter() - started
+        self._follow_device()
+        try:
+            due = self.method.is_update(self, step)
+            if due and self.method.needs_dense_grad:
+                self._capture_dense_grads(step)
+            self.method.observe(self, step)
+            for layer in self.layers.values():
+                layer.before_optimizer_step()
+            result = self.optimizer.step()
+            for layer in self.layers.values():
+                layer.after_optimizer_step()
+            if due:
+                started = time.perf_counter()
+                self._update_topology(step)
+                self.update_seconds += time.perf_counter() - started
+        finally:  # what was captured for this step never outlives it
+            for layer in self.layers.values():
+                layer.clear_scratch()
+            self.state.clear_scratch()
         return loss if closure is not None else result
 
-    def _dense_grads(self, step: int) -> dict[str, torch.Tensor]:
-        """The dense gradient of every sparsified weight (update steps of RigL, GraNet, …).
+    def _follow_device(self) -> None:
+        """Move masks and method state along when the model was moved after construction."""
+        device = next(iter(self.layers.values())).param.device
+        if device != self.device:
+            self.device = device
+            self.masks.to(device)
+            self.state.to(device)
 
-        Masked backend: a copy of ``param.grad``. Sparse backend: ``grad_outᵀ · x`` captured by
-        :class:`~sparsenets.dst.backend.DenseGradCapture` during the backward pass.
-        """
-        grads = {}
-        for name, param in self.params.items():
-            if name in self.sparse_modules:
-                grad = self.transient.get(f"dense_grad/{name}")
-            else:
-                grad = None if param.grad is None else param.grad.detach().clone()
-            if grad is None:
+    def _capture_dense_grads(self, step: int) -> None:
+        """Keep every layer's dense gradient for this update (RigL, GraNet, …)."""
+        for name, layer in self.layers.items():
+            layer.capture_dense_grad()
+            if layer.dense_grad() is None:
                 raise SparsenetsError(
                     f"{self.method.name} needs the gradient of {name!r} at step {step}; "
                     f"call loss.backward() before sparsifier.step()"
                 )
-            grads[name] = grad
-        return grads
 
     @torch.no_grad()
-    def _update_topology(self, step: int, grads: dict[str, torch.Tensor] | None) -> None:
+    def _update_topology(self, step: int) -> None:
         with self.masks.expanded():  # compact masks are materialized once, for this update only
-            self._update_topology_expanded(step, grads)
-
-    def _update_topology_expanded(self, step: int, grads: dict[str, torch.Tensor] | None) -> None:
-        new_masks = self.method.update(self, step, grads)
-        record: dict[str, Any] = {"step": step, "layers": {}}
-        regrow_init = getattr(self.method, "regrow_init", "zero")
-        for name, new_mask in new_masks.items():
-            old_mask = self.masks[name]
-            dropped, grown = old_mask & ~new_mask, new_mask & ~old_mask
-            self.apply_topology(name, new_mask, dropped | grown, grown, regrow_init, step)
-            record["layers"][name] = {
-                "nnz": int(new_mask.sum()),
-                "dropped": int(dropped.sum()),
-                "grown": int(grown.sum()),
-                "itop_rate": self.masks.itop_rate(name),
-            }
+            new_masks = self.method.update(self, step)
+            record: dict[str, Any] = {"step": step, "layers": {}}
+            for name, new_mask in new_masks.items():
+                old_mask = self.masks[name]
+                dropped, grown = old_mask & ~new_mask, new_mask & ~old_mask
+                random_init = self.method.regrow_init == "random" and bool(grown.any())
+                values = self._regrow_values(name, step) if random_init else None
+                self.layers[name].install(new_mask, grown, values)
+                record["layers"][name] = {
+                    "nnz": int(new_mask.sum()),
+                    "dropped": int(dropped.sum()),
+                    "grown": int(grown.sum()),
+                    "itop_rate": self.masks.itop_rate(name),
+                }
         record["nnz"] = self.masks.nnz()
         record["grown"] = sum(layer["grown"] for layer in record["layers"].values())
         record["churn"] = record["grown"] / max(record["nnz"], 1)
@@ -298,49 +318,12 @@ class DynamicSparsity:
         self.history.append(record)
         log.debug("topology update at step %d: nnz=%d grown=%d", step, record["nnz"], record["grown"])
 
-    @torch.no_grad()
-    def apply_topology(
-        self,
-        name: str,
-        new_mask: torch.Tensor,
-        reset: torch.Tensor,
-        grown: torch.Tensor,
-        regrow_init: str,
-        step: int,
-    ) -> None:
-        """Install ``new_mask`` for ``name``: zero dropped weights, initialise grown ones, and
-        zero the optimizer state at ``reset`` (dropped ∪ grown) so grown weights start fresh.
-
-        Sparse backend: the CSR structure is rebuilt in place; kept weights keep their values
-        and optimizer state, grown ones start as on the masked backend with zero state.
-        """
-        param = self.params[name]
-        random_init = regrow_init == "random" and bool(grown.any())
-        layer = self.sparse_modules.get(name)
-        if layer is not None:
-            new_index = mask_to_index(new_mask)
-            init = None
-            if random_init:
-                values = self._regrow_values(name, step).to(param.device, param.dtype)
-                init = (grown.reshape(-1)[new_index], values.reshape(-1)[new_index])
-            set_sparse_topology_(layer, self.optimizer, new_mask, new_index, init)
-            self.masks.set(name, new_mask)
-            return
-        self.masks.set(name, new_mask)
-        reset_state_(self.optimizer, param, reset)
-        if random_init:
-            values = self._regrow_values(name, step)
-            param.copy_(torch.where(grown, values.to(param.device, param.dtype), param))
-        else:
-            param.masked_fill_(grown, 0)
-        param.mul_(self.masks.multiplier(name, param.dtype))
-
     def _regrow_values(self, name: str, step: int) -> torch.Tensor:
         """Dense U(-1/√fan_in, 1/√fan_in) values (CPU) for ``regrow_init="random"``."""
         shape = self.masks.shapes[name]
         fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
         bound = 1.0 / math.sqrt(max(fan_in, 1))
-        gen = self.generator(step, list(self.params).index(name), 4)
+        gen = self.generator(step, name, Stream.REGROW_VALUES)
         return (torch.rand(shape, generator=gen) * 2 - 1) * bound
 
     # -- persistence -------------------------------------------------------------------------
@@ -385,10 +368,11 @@ class DynamicSparsity:
                 )
         self.step_count = int(state["step"])
         self.initial_counts = {k: int(v) for k, v in state["initial_counts"].items()}
-        self.buffers = {k: v.to(self.device) for k, v in state["buffers"].items()}
+        self.state.load_persistent(state["buffers"], self.device)
         self.history = list(state["history"])
         self.update_seconds = float(state["update_seconds"])
-        self.masks.apply_(self.model)
+        for layer in self.layers.values():
+            layer.after_optimizer_step()  # re-apply the masks to dense weights
 
     def __repr__(self) -> str:
         sparse = f", sparse_layers={len(self.sparse_modules)}" if self.sparse_modules else ""

@@ -57,6 +57,46 @@ def index_dtype_for(shape: tuple[int, int], nnz: int) -> torch.dtype:
     return torch.int32 if max(shape[0], shape[1], nnz) < _INT32_MAX else torch.int64
 
 
+def stored_bytes(
+    shape: tuple[int, ...],
+    nnz: int,
+    value_dtype: torch.dtype,
+    index_dtype: torch.dtype | None = None,
+    bias: int = 0,
+) -> dict[str, int]:
+    """Bytes of a weight stored dense and stored as CSR (pure).
+
+    Dense ``= numel · itemsize``; CSR ``= nnz · itemsize`` (values) ``+ nnz · index itemsize``
+    (column indices) ``+ (rows + 1) · index itemsize`` (row pointers). A weight of more than two
+    dimensions is stored as the ``(out, numel / out)`` matrix.
+
+    Args:
+        shape: the dense weight shape ``(out, ...)``.
+        nnz: stored (active) weights.
+        value_dtype: dtype of the weights (and of the bias).
+        index_dtype: dtype of the CSR indices; default what a ``SparseLinear`` would use
+            (int32 when every index fits, else int64).
+        bias: entries of the bias (0 without one); counted on both sides.
+
+    Returns:
+        ``{"dense": numel · itemsize + bias, "sparse": values + col indices + row pointers + bias}``.
+    """
+    shape = tuple(int(d) for d in shape) or (1,)
+    rows = shape[0] if len(shape) > 1 else 1
+    numel = 1
+    for dim in shape:
+        numel *= dim
+    cols = numel // rows if rows else 0
+    index_dtype = index_dtype or index_dtype_for((rows, cols), int(nnz))
+    value_size = torch.empty((), dtype=value_dtype).element_size()
+    index_size = torch.empty((), dtype=index_dtype).element_size()
+    bias_bytes = int(bias) * value_size
+    return {
+        "dense": numel * value_size + bias_bytes,
+        "sparse": int(nnz) * (value_size + index_size) + (rows + 1) * index_size + bias_bytes,
+    }
+
+
 def check_mask(mask: object, shape: tuple[int, int] | None = None, what: str = "mask") -> torch.Tensor:
     """Validate a 2-D ``torch.bool`` mask (of ``shape`` when given) and return it."""
     if not isinstance(mask, torch.Tensor) or mask.dtype != torch.bool:

@@ -18,6 +18,7 @@ from .csr import (
     csr_to_mask,
     flat_index,
     index_dtype_for,
+    stored_bytes,
     structure_from_csr,
 )
 from .functional import sparse_linear
@@ -201,6 +202,32 @@ class SparseLinear(nn.Module):
         """``nnz / (out * in)``."""
         total = self.out_features * self.in_features
         return self.nnz / total if total else 0.0
+
+    # -- the WeightLayer view (sparsenets.layers): what measurements ask of a layer ----------
+    #: how the weight is held (a masked dense layer says ``"masked"``)
+    backend = "sparse"
+    #: a Linear has no spatial dimensions
+    spatial_dims = 0
+
+    @property
+    def stored_nnz(self) -> int:
+        """Weights stored (``nnz``)."""
+        return self.nnz
+
+    @property
+    def out_width(self) -> int:
+        """Features of one output position (``out_features``)."""
+        return self.out_features
+
+    def nonzero_mask(self) -> torch.Tensor:
+        """The stored positions ``(out, in)`` bool (see :meth:`mask`)."""
+        return self.mask()
+
+    def stored_bytes(self, nnz: int | None = None) -> dict[str, int]:
+        """Bytes of this layer dense vs as its CSR (own value and index dtypes), bias included."""
+        bias = 0 if self.bias is None else self.bias.numel()
+        count = self.nnz if nnz is None else nnz
+        return stored_bytes(self.shape, count, self.values.dtype, self.col_indices.dtype, bias)
 
     def extra_repr(self) -> str:  # noqa: D102
         return (
