@@ -43,7 +43,7 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
-from .layers import DENSE_WEIGHT_TYPES, WeightLayer, weight_layer, weight_layers, weight_name
+from .layers import DENSE_WEIGHT_TYPES, WeightLayer, weight_layer, weight_layers
 from .masks import MaskStore
 from .sparse.csr import stored_bytes
 

@@ -29,8 +29,8 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
-from .masks import MaskStore
 from .layers import weight_layers
+from .masks import MaskStore
 from .metrics import (
     TOTAL,
     ExampleInput,

@@ -1,6 +1,15 @@
 """Dynamic sparse training: the sparsifier and its method presets."""
 
-from .base import DropAndGrow, Method, MethodState, Regrowing, Scheduled, SparsityContext, drop_and_grow, drop_count
+from .base import (
+    DropAndGrow,
+    Method,
+    MethodState,
+    Regrowing,
+    Scheduled,
+    SparsityContext,
+    drop_and_grow,
+    drop_count,
+)
 from .methods import CTRE, MEST, SET, SNFS, RigL, Static
 from .pruning import GMP, GraNet
 from .registry import METHODS, make_method, method_options

@@ -24,7 +24,6 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
 
 import torch
-from torch import nn
 
 from ..errors import SparsenetsError, choice_error
 from ..masks import MaskStore
@@ -366,8 +365,3 @@ def drop_and_grow(
     if n_grow > 0 and grow_score is not None:
         new_mask |= select_topk(grow_score, n_grow, ~mask, prefer=prefer, generator=generator)
     return new_mask
-
-
-def module_of(model: nn.Module, name: str) -> nn.Module:
-    """The module owning parameter ``name`` (``"fc1.weight" -> model.fc1``)."""
-    return model.get_submodule(name.rpartition(".")[0])

@@ -22,7 +22,7 @@ from ..sparse import SparseLinear
 from ..targets import find_targets
 from .auto import Timer
 from .backend import check_backend, choose_backends
-from .base import Method, MethodState, module_of
+from .base import Method, MethodState
 from .layers import CSRLayer, LayerBackend, MaskedLayer
 from .registry import make_method
 
@@ -225,7 +225,8 @@ class DynamicSparsity:
 
     def add_forward_hook(self, name: str, hook: Callable) -> None:
         """Register a forward hook on the module owning weight ``name`` (removed by :meth:`close`)."""
-        self._hooks.append(module_of(self.model, name).register_forward_hook(hook))
+        module = self.model.get_submodule(name.rpartition(".")[0])
+        self._hooks.append(module.register_forward_hook(hook))
 
     def initial_density(self) -> float:
         """Global density at step 0 (1.0 for dense-to-sparse methods)."""
