@@ -186,8 +186,6 @@ class Method:
     sparse_backend: ClassVar[bool] = True
     #: why not, when ``sparse_backend`` is False (shown in the error).
     sparse_unsupported_reason: ClassVar[str] = ""
-    #: how grown weights start (an option of methods that grow: ``"zero"`` or ``"random"``).
-    regrow_init: ClassVar[str] = "zero"
 
     def __post_init__(self) -> None:
         check_option_types(self)
@@ -198,6 +196,10 @@ class Method:
 
     def check(self, total_steps: int) -> None:
         """Validate against the run length; raise :class:`SparsenetsError` on bad settings."""
+
+    def regrows_randomly(self) -> bool:
+        """Whether grown weights start at random values (else at zero)."""
+        return False
 
     def make_state(self, ctx: SparsityContext) -> MethodState:
         """The method's per-run tensors (none by default)."""
@@ -274,6 +276,9 @@ class Regrowing(Scheduled):
         if self.regrow_init not in REGROW_INITS:
             raise choice_error("regrow_init", self.regrow_init, REGROW_INITS)
         DropFraction(self.drop_fraction, 1, self.drop_schedule)  # validates both
+
+    def regrows_randomly(self) -> bool:
+        return self.regrow_init == "random"
 
     def drop_fraction_at(self, ctx: SparsityContext, step: int) -> float:
         return DropFraction(self.drop_fraction, self.end_step(ctx), self.drop_schedule).value(step)

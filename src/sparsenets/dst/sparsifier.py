@@ -303,7 +303,7 @@ class DynamicSparsity:
             for name, new_mask in new_masks.items():
                 old_mask = self.masks[name]
                 dropped, grown = old_mask & ~new_mask, new_mask & ~old_mask
-                random_init = self.method.regrow_init == "random" and bool(grown.any())
+                random_init = self.method.regrows_randomly() and bool(grown.any())
                 values = self._regrow_values(name, step) if random_init else None
                 self.layers[name].install(new_mask, grown, values)
                 record["layers"][name] = {
