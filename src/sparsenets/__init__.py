@@ -17,19 +17,27 @@ from .dst import (
     DynamicSparsity,
     GraNet,
     Method,
+    MethodState,
+    Regrowing,
     RigL,
+    Scheduled,
+    SparsityContext,
     Static,
 )
 from .errors import SparsenetsError
 from .masks import MaskStore
 from .report import LayerReport, Report, report
+from .rng import Stream
+from .select import NM, Unstructured, check_structure, parse_structure
 from .sparse import SparseLinear, load_sparse, save_sparse, to_dense, to_sparse
 from .targets import find_targets
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
-    "LayerReport", "MaskStore", "Method", "Report", "RigL", "SparseLinear", "SparsenetsError", "Static", "allocate",
-    "allocate_counts", "find_targets", "load_sparse", "report", "save_sparse", "to_dense", "to_sparse", "__version__",
+    "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
+    "LayerReport", "MaskStore", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
+    "SparseLinear", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
+    "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "report",
+    "save_sparse", "to_dense", "to_sparse", "__version__",
 ]

@@ -1,15 +1,20 @@
-"""Layer-wise density allocation: how many nonzeros each sparsified layer gets.
+"""Layer-wise allocation: how much of each sparsified layer (or block) is kept.
 
-All allocations return *integer* counts whose sum equals ``round(density * total)`` exactly
-(custom allocations excepted: they fix each layer on its own). Real-valued budgets are turned into
-counts by largest-remainder rounding, so no layer is off by more than one weight from its real
-budget and the global budget holds to the weight.
+Uniform, ER and ERK take the layers' *shapes* and return *integer* counts whose sum equals
+``round(density * total)`` exactly (custom allocations excepted: they fix each layer on its own).
+Real-valued budgets are turned into counts by largest-remainder rounding, so no layer is off by
+more than one weight from its real budget and the global budget holds to the weight.
+
+:func:`owl` takes per-block *statistics* instead (outlier ratios from a calibration pass) and
+returns per-block sparsities, the word of LLM pruning (sparsity = 1 − density).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
+
+import torch
 
 from .errors import SparsenetsError, check_density, choice_error
 
@@ -162,3 +167,52 @@ def proportional_counts(total: int, weights: Mapping[str, float], caps: Mapping[
             return {n: counts[n] for n in weights}
         for name in over:
             full[name] = caps[name]
+
+
+def owl(outlier_ratios: Mapping[str, float], sparsity: float, lam: float = 0.08) -> dict[str, float]:
+    """OWL: Outlier Weighed Layerwise sparsity (Yin et al. 2024) from per-block outlier ratios.
+
+    The layer outlier distribution LOD_l (fraction of a block's Wanda scores above M · their mean,
+    see :func:`sparsenets.llm.owl.outlier_ratio`) is min-max normalised to r ∈ [0, 2λ] and
+
+        sparsity_l = 1 − (r_l − mean(r) + (1 − S)) = S − (r_l − mean(r)),
+
+    so blocks with more outliers are pruned *less* and the mean over blocks is exactly S.
+
+    Bound: the reference formula keeps every block within S ± λ only when r is spread evenly; with
+    a skewed LOD a block can land up to 2λ from S. Here the centred deviations r_l − mean(r) are
+    additionally scaled down (never up) so that the largest one is at most λ: the mean stays S, the
+    order of blocks is kept, every block lies in [S − λ, S + λ], and the result equals the
+    reference whenever the reference already stays within that range. All-equal ratios (or λ = 0)
+    give the uniform allocation. Arithmetic in float64.
+
+    Args:
+        outlier_ratios: ``{block name: LOD}`` in block order.
+        sparsity: mean target sparsity S (fraction removed).
+        lam: λ, the largest deviation of a block's sparsity from S (>= 0).
+
+    Returns:
+        ``{block name: sparsity}`` in the order of ``outlier_ratios``, each in [0, 1).
+    """
+    if lam < 0:
+        raise SparsenetsError(f"OWL lambda must be >= 0, got {lam!r}")
+    names = list(outlier_ratios)
+    if not names:
+        raise SparsenetsError("OWL needs at least one decoder block")
+    ratios = torch.as_tensor([outlier_ratios[n] for n in names], dtype=torch.float64)
+    spread = float(ratios.max() - ratios.min())
+    if spread == 0.0 or lam == 0.0:
+        return dict.fromkeys(names, float(sparsity))
+    r = (ratios - ratios.min()) / spread * (2.0 * lam)  # [0, 2λ]
+    deviation = r - r.mean()
+    largest = float(deviation.abs().max())
+    if largest > lam:
+        deviation = deviation * (lam / largest)
+    result = {n: float(sparsity - d) for n, d in zip(names, deviation, strict=True)}
+    low, high = min(result.values()), max(result.values())
+    if low < 0.0 or high >= 1.0:
+        raise SparsenetsError(
+            f"OWL allocation leaves [0, 1): sparsity {sparsity:g} with lambda {lam:g} gives block sparsities "
+            f"from {low:.3f} to {high:.3f}; lower owl_lambda"
+        )
+    return result

@@ -20,12 +20,29 @@ def choice_error(what: str, value: object, valid: Iterable[object]) -> Sparsenet
     return SparsenetsError(f"unknown {what} {value!r} (valid: {valid_list})")
 
 
-def check_density(density: float, what: str = "density") -> float:
-    """Return ``density`` as float if it lies in (0, 1], else raise a one-line error."""
+def check_fraction(value: float, what: str, *, include_zero: bool, include_one: bool) -> float:
+    """Return ``value`` as float if it lies in the unit interval with the given ends, else raise.
+
+    The one validator behind :func:`check_density` (``(0, 1]``) and :func:`check_sparsity`
+    (``[0, 1)``); the one-line message names ``what``, the interval and the bad value. NaN fails.
+    """
+    interval = f"{'[' if include_zero else '('}0, 1{']' if include_one else ')'}"
     try:
-        value = float(density)
+        number = float(value)
     except (TypeError, ValueError):
-        raise SparsenetsError(f"{what} must be a number in (0, 1], got {density!r}") from None
-    if not 0.0 < value <= 1.0:
-        raise SparsenetsError(f"{what} must be in (0, 1], got {density!r}")
-    return value
+        raise SparsenetsError(f"{what} must be a number in {interval}, got {value!r}") from None
+    above_zero = number >= 0.0 if include_zero else number > 0.0
+    below_one = number <= 1.0 if include_one else number < 1.0
+    if not (above_zero and below_one):
+        raise SparsenetsError(f"{what} must be in {interval}, got {value!r}")
+    return number
+
+
+def check_density(density: float, what: str = "density") -> float:
+    """Return ``density`` (fraction of weights kept) as float if it lies in (0, 1], else raise."""
+    return check_fraction(density, what, include_zero=False, include_one=True)
+
+
+def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
+    """Return ``sparsity`` (fraction of weights removed) as float if it lies in [0, 1), else raise."""
+    return check_fraction(sparsity, what, include_zero=True, include_one=False)

@@ -18,6 +18,20 @@ def gradient_magnitude(grad: torch.Tensor) -> torch.Tensor:
     return grad.detach().abs()
 
 
+def wanda(weight: torch.Tensor, input_norms: torch.Tensor) -> torch.Tensor:
+    """Wanda scores S_ij = |W_ij| · ‖X_j‖₂ (Sun et al. 2023, "A Simple and Effective Pruning Approach for LLMs").
+
+    Args:
+        weight: (out, in) Linear weight, any float dtype.
+        input_norms: (in,) L2 norm of each input feature over all calibration tokens
+            (e.g. :class:`sparsenets.llm.stats.InputNormStats`), any device.
+
+    Returns:
+        (out, in) float32 scores on ``weight``'s device (the product is taken in float32).
+    """
+    return weight.detach().abs().float() * input_norms.to(weight.device).float().unsqueeze(0)
+
+
 def random_scores(shape: tuple[int, ...], generator: torch.Generator, device=None) -> torch.Tensor:
     """Uniform random scores (random growth of SET and MEST), drawn on CPU then moved."""
     scores = torch.rand(shape, generator=generator)

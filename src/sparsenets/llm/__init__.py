@@ -6,24 +6,25 @@ Needs the ``llm`` extra (``pip install 'sparsenets[llm]'``). Typical use::
     from sparsenets.llm import prune, perplexity
 
     model, tok = load_causal_lm("smollm2-135m"), load_tokenizer("smollm2-135m")
-    report = prune(model, calibration_batches(tok, 128, 512), method="wanda", sparsity=0.5)
+    result = prune(model, calibration_batches(tok, 128, 512), method="wanda", sparsity=0.5)
+    result.sparsity, result.masks          # {layer: measured sparsity}, MaskStore of keep masks
     print(perplexity(model, eval_windows(tok, 512)))
 
 Nothing is imported from transformers until a model is loaded.
 """
 
+from ..select import NM, Structure, Unstructured, parse_structure
 from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
 from .data import calibration_batches, eval_windows, load_novel
-from .export import layer_sparsity, read_sparsity_info, save_pruned, sparsity_summary
-from .methods import (
-    METHODS,
-    LayerPruner,
-    nm_keep_mask,
-    parse_structure,
-    row_keep_mask,
-    wanda_scores,
+from .export import (
+    layer_sparsity,
+    load_pruned_masks,
+    read_sparsity_info,
+    save_pruned,
+    sparsity_summary,
 )
+from .methods import METHODS, LayerPruner, nm_keep_mask, row_keep_mask, wanda_scores
 from .models import KNOWN_MODELS, load_causal_lm, load_tokenizer, resolve_model_dir
 from .perplexity import perplexity
 from .pipeline import (
@@ -34,7 +35,7 @@ from .pipeline import (
     make_eval,
     prune_pretrained,
 )
-from .prune import ALLOCATIONS, prune
+from .prune import ALLOCATIONS, PruneResult, prune
 from .stats import GramStats, InputNormStats
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "EvalProtocol",
     "evaluate_pretrained",
     "layer_sparsity",
+    "load_pruned_masks",
     "make_calibration",
     "make_eval",
     "prune_pretrained",
@@ -55,6 +57,10 @@ __all__ = [
     "GramStats",
     "InputNormStats",
     "LayerPruner",
+    "NM",
+    "PruneResult",
+    "Structure",
+    "Unstructured",
     "calibration_batches",
     "eval_windows",
     "get_adapter",

@@ -140,7 +140,8 @@ def prune_pretrained(
 
     Returns:
         The record also written to ``out/sparsity.json`` (method, target, protocols, measured
-        per-layer sparsity in ``layers``, ``prune_seconds``, ``perplexity`` when evaluated).
+        per-layer sparsity in ``layers``, ``prune_seconds``, ``perplexity`` when evaluated);
+        ``out`` also gets the keep masks (``masks.safetensors``, see :func:`.export.save_pruned`).
     """
     if out is not None:
         out = Path(out)
@@ -156,10 +157,10 @@ def prune_pretrained(
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
     model = load_causal_lm(model_name, device=device, progress=progress)
     start = time.perf_counter()
-    measured = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
-                     owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
+    result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
+                   owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
     seconds = time.perf_counter() - start
-    log.info("pruned %d layers in %.1f s", len(measured), seconds)
+    log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
     record: dict[str, Any] = {
         "sparsenets_version": __version__,
         "source_model": str(model_name),
@@ -179,7 +180,8 @@ def prune_pretrained(
                                 "seconds": time.perf_counter() - ppl_start}
     if out is not None:
         with progress_bars(progress):
-            save_pruned(model, out, record, tokenizer=tokenizer, overwrite=overwrite)
+            save_pruned(model, out, record, tokenizer=tokenizer, masks=result.masks, structure=result.structure,
+                        overwrite=overwrite)
         record["out"] = str(out)
-    record["layers"] = measured
+    record["layers"] = result.sparsity
     return record

@@ -4,22 +4,33 @@ Every ``nn.Linear`` inside the decoder blocks is pruned, block by block, with st
 by :func:`.calibrate.sequential_calibration` (the calibration set flows through the already
 pruned earlier blocks). Embeddings and ``lm_head`` are never touched (they are often tied).
 
-With ``allocation="owl"`` a first sequential pass over the *dense* model computes each block's
-outlier ratio and from it the block's sparsity (:mod:`.owl`); the pruning pass then uses it.
+The parts, as everywhere in sparsenets: a per-block *allocation* of the target sparsity
+(``uniform``, or ``owl`` from :func:`sparsenets.allocation.owl`, whose outlier ratios need one
+extra statistics pass over the *dense* model, :mod:`.owl`), a per-layer *method* (score and
+selection in the row group under the structure, :mod:`.methods`), and the keep masks gathered in
+a :class:`~sparsenets.masks.MaskStore` returned in a :class:`PruneResult`.
+
+Words: the public arguments speak of *sparsity* (fraction removed), as LLM-pruning papers do;
+inside, each row's sparsity becomes a keep count (:func:`sparsenets.select.keep_count`).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from ..errors import SparsenetsError, choice_error
-from .adapters import get_adapter
+from .. import allocation as allocations
+from ..errors import SparsenetsError, check_sparsity, choice_error
+from ..masks import MaskStore
+from ..select import Structure, parse_structure
+from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
-from .methods import Structure, get_method, parse_structure
-from .owl import owl_allocation
+from .methods import get_method
+from .owl import owl_outlier_ratios
 from .stats import InputStats
 
 log = logging.getLogger(__name__)
@@ -28,26 +39,54 @@ log = logging.getLogger(__name__)
 ALLOCATIONS = ("uniform", "owl")
 
 
-def _check_sparsity(sparsity: float) -> float:
-    try:
-        value = float(sparsity)
-    except (TypeError, ValueError):
-        raise SparsenetsError(f"sparsity must be a number in [0, 1), got {sparsity!r}") from None
-    if not 0.0 <= value < 1.0:
-        raise SparsenetsError(f"sparsity must be in [0, 1), got {sparsity!r}")
-    return value
+@dataclass(frozen=True, eq=False)
+class PruneResult(Mapping[str, float]):
+    """What :func:`prune` did: the keep masks, the measured sparsity, the structure and the targets.
+
+    It is also a read-only mapping ``{Linear name: measured sparsity}`` (the same as
+    :attr:`sparsity`), so ``result[name]``, ``len(result)``, iteration and ``.values()`` work as on
+    the dict :func:`prune` returned before it had masks.
+
+    Attributes:
+        masks: a :class:`~sparsenets.masks.MaskStore` with the bool keep mask (out, in) of every
+            pruned Linear, keyed by parameter name ``<Linear name>.weight`` (e.g.
+            ``model.layers.0.self_attn.q_proj.weight``), on the weights' device, its ever-active
+            record equal to the masks. Weights are exactly 0 wherever the mask is False; the mask
+            equals ``weight != 0`` except where a *kept* weight is exactly 0: a weight that was
+            already 0 (SmolLM2's dequantized 4-bit weights hold a few hundred per layer, so a 2:4
+            group with three zeros must keep one), or a SparseGPT input column that no calibration
+            token activates. Such a position stays kept (trainable), so the structure is exact.
+        sparsity: ``{Linear name (no .weight): fraction of exactly-zero weights}``, measured.
+        structure: the structure every mask satisfies (:class:`~sparsenets.select.Unstructured`
+            with a per-row keep count, or :class:`~sparsenets.select.NM`).
+        targets: ``{decoder block name: target sparsity}`` from the allocation.
+    """
+
+    masks: MaskStore
+    sparsity: dict[str, float]
+    structure: Structure
+    targets: dict[str, float]
+
+    def __getitem__(self, name: str) -> float:
+        return self.sparsity[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.sparsity)
+
+    def __len__(self) -> int:
+        return len(self.sparsity)
 
 
 def resolve_sparsity(sparsity: float | None, structure: str | Structure) -> tuple[float, Structure]:
     """(target sparsity, parsed structure): N:M implies 1 − N/M; unstructured defaults to 0.5."""
     parsed = parse_structure(structure)
     if parsed.is_nm:
-        if sparsity is not None and abs(_check_sparsity(sparsity) - parsed.sparsity) > 1e-9:
+        if sparsity is not None and abs(check_sparsity(sparsity) - parsed.sparsity) > 1e-9:
             raise SparsenetsError(
                 f"sparsity {sparsity} contradicts structure {parsed} (which means sparsity {parsed.sparsity:g}); omit sparsity"
             )
         return parsed.sparsity, parsed
-    return _check_sparsity(0.5 if sparsity is None else sparsity), parsed
+    return check_sparsity(0.5 if sparsity is None else sparsity), parsed
 
 
 def check_allocation(allocation: str, structure: Structure) -> None:
@@ -58,6 +97,34 @@ def check_allocation(allocation: str, structure: Structure) -> None:
         raise SparsenetsError(f"allocation 'owl' does not apply to N:M structure {structure} (every layer is at 1 - N/M); use allocation='uniform'")
 
 
+def block_sparsities(
+    model: nn.Module,
+    calibration: torch.Tensor | None,
+    sparsity: float,
+    allocation: str,
+    *,
+    adapter: DecoderAdapter,
+    owl_m: float = 5.0,
+    owl_lambda: float = 0.08,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> dict[str, float]:
+    """``{decoder block name: target sparsity}`` under ``allocation`` (validated by :func:`check_allocation`).
+
+    ``uniform`` gives every block ``sparsity``; ``owl`` first computes the outlier ratio of every
+    block of the dense model (one statistics pass over ``calibration``).
+    """
+    names = [adapter.block_name(i) for i in range(len(adapter.blocks(model)))]
+    if allocation == "uniform":
+        return dict.fromkeys(names, sparsity)
+    if calibration is None:
+        raise SparsenetsError("allocation 'owl' needs calibration token ids (Wanda scores of the dense model)")
+    if not owl_m > 0:
+        raise SparsenetsError(f"owl_m must be > 0, got {owl_m!r}")
+    ratios = owl_outlier_ratios(model, calibration, m=owl_m, batch_size=batch_size, adapter=adapter, progress=progress)
+    return allocations.owl(ratios, sparsity, owl_lambda)
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -65,13 +132,13 @@ def prune(
     *,
     method: str = "wanda",
     sparsity: float | None = None,
-    structure: str = "unstructured",
+    structure: str | Structure = "unstructured",
     allocation: str = "uniform",
     owl_m: float = 5.0,
     owl_lambda: float = 0.08,
     batch_size: int = 8,
     progress: bool = True,
-) -> dict[str, float]:
+) -> PruneResult:
     """Prune every Linear inside the decoder blocks of ``model`` in place.
 
     Args:
@@ -83,7 +150,8 @@ def prune(
         sparsity: fraction of weights removed from every output row, in [0, 1); default 0.5.
             With N:M structures it is implied (1 − N/M) and may be omitted.
         structure: ``"unstructured"`` (per-row exact sparsity) or ``"N:M"`` such as ``"2:4"``,
-            ``"4:8"`` (N kept of every M consecutive input weights of each row).
+            ``"4:8"`` (N kept of every M consecutive input weights of each row), or a structure
+            object (:class:`~sparsenets.select.Unstructured`, :class:`~sparsenets.select.NM`).
         allocation: layer-wise sparsity allocation; ``"uniform"`` (every layer at ``sparsity``)
             or ``"owl"`` (per-block sparsity from the dense model's outlier ratios, mean
             ``sparsity``, each within ± ``owl_lambda``; unstructured only, needs calibration
@@ -94,7 +162,9 @@ def prune(
         progress: show progress bars.
 
     Returns:
-        ``{fully qualified Linear name: measured sparsity (fraction of zero weights)}``.
+        A :class:`PruneResult`: ``.masks`` (keep masks keyed ``<Linear name>.weight``),
+        ``.sparsity`` (``{Linear name: measured sparsity}``, also what the result reads as a
+        mapping), ``.structure`` and ``.targets`` (per-block target sparsity).
     """
     pruner = get_method(method)
     target, parsed = resolve_sparsity(sparsity, structure)
@@ -102,27 +172,29 @@ def prune(
     if pruner.stats is not None and calibration is None:
         raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
     adapter = get_adapter(model)
-    n_blocks = len(adapter.blocks(model))
-    targets = [target] * n_blocks
-    if allocation == "owl":
-        if calibration is None:
-            raise SparsenetsError("allocation 'owl' needs calibration token ids (Wanda scores of the dense model)")
-        if not owl_m > 0:
-            raise SparsenetsError(f"owl_m must be > 0, got {owl_m!r}")
-        targets = owl_allocation(model, calibration, target, m=owl_m, lam=owl_lambda, batch_size=batch_size,
-                                 adapter=adapter, progress=progress)
-        log.info("OWL block sparsities: %s", ", ".join(f"{t:.3f}" for t in targets))
+    targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, owl_m=owl_m,
+                               owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
+    if allocation != "uniform":
+        log.info("%s block sparsities: %s", allocation, ", ".join(f"{t:.3f}" for t in targets.values()))
+    linears = adapter.prunable_linears(model)
+    weights = {f"{name}.weight": layer.weight for name, layer in linears.items()}
+    if not weights:
+        raise SparsenetsError(f"{type(model).__name__} has no prunable Linear inside its decoder blocks")
+    masks = MaskStore({name: tuple(w.shape) for name, w in weights.items()},
+                      device=next(iter(weights.values())).device)
     measured: dict[str, float] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
+        block_name = adapter.block_name(index)
         for name, layer in adapter.linears(block).items():
             weight = layer.weight.data  # (out, in)
             stat = stats[name].finalize() if name in stats else None
-            keep = pruner.prune_weight(weight, stat, targets[index], parsed)
+            keep = pruner.prune_weight(weight, stat, targets[block_name], parsed)  # (out, in) bool
             weight.mul_(keep.to(weight.device, weight.dtype))
-            fqn = f"{adapter.block_name(index)}.{name}"
+            fqn = f"{block_name}.{name}"
+            masks.set(f"{fqn}.weight", keep)
             measured[fqn] = float((weight == 0).sum()) / weight.numel()
-        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, targets[index])
+        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, targets[block_name])
 
     sequential_calibration(
         model,
@@ -133,4 +205,5 @@ def prune(
         adapter=adapter,
         progress=progress,
     )
-    return measured
+    masks.reset_ever_active()
+    return PruneResult(masks, measured, parsed, targets)

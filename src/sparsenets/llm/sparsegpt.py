@@ -27,14 +27,10 @@ are computed in float64 for a robust Cholesky factorization.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
 from ..errors import SparsenetsError
-
-if TYPE_CHECKING:  # methods.py registers this module, so no runtime import back
-    from .methods import Structure
+from ..select import NM, Structure, select
 
 
 def _upper_inverse_factor(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
@@ -81,12 +77,11 @@ def sparsegpt_prune(
     out_features, in_features = weight.shape
     if gram.shape != (in_features, in_features):
         raise SparsenetsError(f"sparsegpt: Gram matrix shape {tuple(gram.shape)} does not match in_features {in_features}")
-    if structure.is_nm and in_features % structure.m:
-        raise SparsenetsError(
-            f"N:M structure {structure.n}:{structure.m} needs in_features divisible by {structure.m}, got {in_features}"
-        )
-    if structure.is_nm and blocksize % structure.m:
-        raise SparsenetsError(f"sparsegpt: blocksize {blocksize} must be a multiple of M={structure.m}")
+    nm = structure if isinstance(structure, NM) else None
+    if nm is not None:
+        nm.check_fits(in_features)
+        if blocksize % nm.m:
+            raise SparsenetsError(f"sparsegpt: blocksize {blocksize} must be a multiple of M={nm.m}")
     device = weight.device
     H = gram.to(device=device, dtype=torch.float64).clone()
     W = weight.detach().to(torch.float32).clone()
@@ -106,20 +101,16 @@ def sparsegpt_prune(
         Hinv1 = Hinv[i1:i2, i1:i2]
         diag = torch.diagonal(Hinv1)
         mask1 = torch.zeros_like(W1, dtype=torch.bool)  # True = prune
-        if not structure.is_nm:
+        if nm is None:
             n_prune = int(round(sparsity * i2)) - int(round(sparsity * i1))
-            if n_prune > 0:
-                scores = W1.pow(2) / diag.unsqueeze(0).pow(2)
-                order = torch.argsort(scores, dim=1, stable=True)
-                mask1.scatter_(1, order[:, :n_prune], True)
+            if n_prune > 0:  # the n_prune lowest scores of every row (ties pruned by position)
+                mask1 = ~select(W1.pow(2) / diag.unsqueeze(0).pow(2), count - n_prune, group="row")
         for i in range(count):
             w = W1[:, i]
             d = Hinv1[i, i]
-            if structure.is_nm and i % structure.m == 0:
-                m = structure.m
-                scores = W1[:, i:i + m].pow(2) / diag[i:i + m].unsqueeze(0).pow(2)
-                order = torch.argsort(scores, dim=1, stable=True)
-                mask1[:, i:i + m].scatter_(1, order[:, : m - structure.n], True)
+            if nm is not None and i % nm.m == 0:  # this group of M, scored on the updated weights
+                scores = W1[:, i:i + nm.m].pow(2) / diag[i:i + nm.m].unsqueeze(0).pow(2)  # (out, M)
+                mask1[:, i:i + nm.m] = ~select(scores, nm.n, group="row")
             q = w.clone()
             q[mask1[:, i]] = 0.0
             err = (w - q) / d
