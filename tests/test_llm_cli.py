@@ -183,3 +183,28 @@ def test_refuses_non_empty_output_unless_overwrite(capsys, tmp_path, model_dir):
     assert code == 0, err
     assert not (out / "keep.txt").exists() and (out / "sparsity.json").is_file()
     assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary folders left behind
+
+
+def test_report_of_a_pruned_directory(model_dir, tmp_path, capsys):
+    directory, text = model_dir
+    out = tmp_path / "pruned"
+    assert cli(capsys, *prune_args(directory, text, out, "--method", "sparsegpt", "--nm", "2:4", "--eval"))[0] == 0
+    code, stdout, _ = cli(capsys, "report", out)
+    assert code == 0
+    info = json.loads((out / "sparsity.json").read_text())
+    for layer in info["layers"]:  # every pruned Linear is a row of the table
+        assert f"{layer}.weight" in stdout
+    assert "structure 2:4" in stdout and "perplexity" in stdout and "bytes CSR" in stdout
+    code, stdout, _ = cli(capsys, "report", out, "--json")
+    data = json.loads(stdout)
+    rows = {row["name"]: row for row in data["report"]["layers"]}
+    assert set(rows) == {f"{layer}.weight" for layer in info["layers"]}
+    for row in rows.values():  # 2:4 keeps half: float32 values + int32 column indices + row pointers
+        assert row["density"] == 0.5 and row["bytes_dense"] == 4 * row["numel"]
+        assert row["bytes_sparse"] == 8 * row["nnz"] + 4 * (row["shape"][0] + 1)
+    assert data["pruned"]["structure"] == "2:4"
+
+
+def test_report_of_a_directory_that_is_neither(tmp_path, capsys):
+    code, _, err = cli(capsys, "report", tmp_path)
+    assert code == 2 and "sparsity.json (pruned LLM)" in err and len(err.strip().splitlines()) == 1

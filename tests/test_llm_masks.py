@@ -205,3 +205,22 @@ def test_a_kept_weight_that_is_zero_stays_in_the_mask(tmp_path):
     assert torch.equal(load_pruned_masks(with_file)[name], mask)
     without = save_pruned(model, tmp_path / "without", {}, structure=result.structure)
     assert torch.equal(load_pruned_masks(without)[name], weight != 0)  # 1 of 4 kept there: at most 2 passes
+
+
+def test_report_of_a_pruned_llm_counts_flops_and_bytes_from_the_masks():
+    model = tiny_model("llama")
+    result = prune(model, tokens(4, 8), method="wanda", sparsity=0.5, progress=False)
+    report = sparsenets.report(model, masks=result.masks, example_input=tokens(1, 8))
+    weights = _weights(model)
+    for layer in report.layers:
+        numel = weights[layer.name].numel()
+        # one sample of 8 tokens: 8 positions per Linear, 2 FLOPs per multiply-accumulate
+        assert layer.flops_dense == 2 * numel * 8 and layer.flops_sparse == 2 * layer.nnz * 8
+        # float32 values + int32 column indices per kept weight + int32 row pointers; no bias.
+        # At 50% CSR is no smaller than dense: the report says so rather than hiding it.
+        rows = layer.shape[0]
+        assert layer.bytes_dense == 4 * numel and layer.bytes_sparse == 8 * layer.nnz + 4 * (rows + 1)
+        assert layer.backend == "masked"
+    # lm_head (tied, never pruned) counts dense in the FLOPs total but is no row
+    assert "lm_head.weight" not in {layer.name for layer in report.layers}
+    assert report.totals["flops_dense"] > sum(layer.flops_dense for layer in report.layers)

@@ -37,9 +37,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
 
-    rep = sub.add_parser("report", help="print the summary of a finished run")
-    rep.add_argument("run_dir")
-    rep.add_argument("--json", action="store_true", help="print summary.json as is")
+    rep = sub.add_parser("report", help="print the summary of a finished run or a pruned LLM directory")
+    rep.add_argument("run_dir", help="a training run directory, or a directory written by prune-llm")
+    rep.add_argument("--json", action="store_true", help="print summary.json as is (a pruned LLM: its report as JSON)")
 
     sub.add_parser("methods", help="list the sparse training methods and their options")
     _add_llm_commands(sub)
@@ -152,10 +152,41 @@ def format_summary(summary: dict) -> str:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     path = Path(args.run_dir) / "summary.json"
+    if not path.is_file() and (Path(args.run_dir) / "sparsity.json").is_file():
+        return _report_pruned(args.run_dir, as_json=args.json)
     if not path.is_file():
-        raise SparsenetsError(f"no summary.json in {args.run_dir!r} (is the run finished? resume it with --resume)")
+        raise SparsenetsError(
+            f"no summary.json (training run) or sparsity.json (pruned LLM) in {args.run_dir!r} "
+            f"(is the run finished? resume it with --resume)"
+        )
     summary = json.loads(path.read_text())
     print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    return 0
+
+
+def _report_pruned(directory: str, *, as_json: bool) -> int:
+    """Per-layer density, FLOPs and stored bytes of a directory written by ``prune-llm``."""
+    from .llm import load_causal_lm, load_pruned_masks, read_sparsity_info
+    from .report import report
+
+    info = read_sparsity_info(directory) or {}
+    model = load_causal_lm(directory, progress=False)
+    result = report(model, masks=load_pruned_masks(directory))
+    if as_json:
+        print(json.dumps({"pruned": {k: v for k, v in info.items() if k != "layers"}, "report": result.to_dict()},
+                         indent=2))
+        return 0
+    perplexity = (info.get("perplexity") or {}).get("value")
+    lines = [
+        f"model      {info.get('source_model', directory)} pruned with {info.get('method', '?')}, "
+        f"structure {info.get('structure', '?')}, allocation {info.get('allocation', '?')}",
+        f"sparsity   {info.get('summary', {}).get('prunable_sparsity', float('nan')):.4f} of the pruned layers"
+        + (f"; perplexity {perplexity:.3f}" if perplexity is not None else ""),
+        "FLOPs below count one token (one position per Linear)",
+        "",
+        str(result),
+    ]
+    print("\n".join(lines))
     return 0
 
 
