@@ -14,7 +14,6 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
-from .masks import MaskStore
 
 
 def check_optimizer_covers(optimizer: torch.optim.Optimizer, params: Mapping[str, nn.Parameter]) -> None:
@@ -23,14 +22,6 @@ def check_optimizer_covers(optimizer: torch.optim.Optimizer, params: Mapping[str
     missing = [name for name, p in params.items() if id(p) not in owned]
     if missing:
         raise SparsenetsError(f"the optimizer does not hold the sparsified parameters {missing}")
-
-
-@torch.no_grad()
-def mask_gradients_(params: Mapping[str, nn.Parameter], masks: MaskStore) -> None:
-    """Zero the gradients at inactive positions (in place), so no state builds up there."""
-    for name, param in params.items():
-        if param.grad is not None:
-            param.grad.mul_(masks.multiplier(name, param.grad.dtype))
 
 
 def per_element_state(optimizer: torch.optim.Optimizer, param: nn.Parameter) -> Iterable[torch.Tensor]:
