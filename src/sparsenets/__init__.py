@@ -21,6 +21,7 @@ from .dst import (
     Regrowing,
     RigL,
     Scheduled,
+    SparseOptimizer,
     SparsityContext,
     Static,
 )
@@ -37,7 +38,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
     "LayerReport", "MaskStore", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
-    "SparseLinear", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
+    "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
     "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "report",
     "save_sparse", "to_dense", "to_sparse", "__version__",
 ]

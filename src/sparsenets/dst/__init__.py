@@ -14,9 +14,10 @@ from .methods import CTRE, MEST, SET, SNFS, RigL, Static
 from .pruning import GMP, GraNet
 from .registry import METHODS, make_method, method_options
 from .sparsifier import DynamicSparsity
+from .wrapper import SparseOptimizer
 
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity",
-    "GraNet", "Method", "MethodState", "Regrowing", "RigL", "Scheduled", "SparsityContext",
+    "GraNet", "Method", "MethodState", "Regrowing", "RigL", "Scheduled", "SparseOptimizer", "SparsityContext",
     "Static", "drop_and_grow", "drop_count", "make_method", "method_options",
 ]

@@ -25,6 +25,7 @@ from .backend import check_backend, choose_backends
 from .base import Method, MethodState
 from .layers import CSRLayer, LayerBackend, MaskedLayer
 from .registry import make_method
+from .wrapper import SparseOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,7 @@ class DynamicSparsity:
         self.history: list[dict[str, Any]] = []
         self.update_seconds = 0.0
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._pending: bool | None = None  # set between the two halves of a step: is it an update?
         self.initial_counts = self.method.initial_counts(self)
         self._init_masks(masks, all_params)
         self.backends, self.backend_timings = choose_backends(
@@ -242,6 +244,10 @@ class DynamicSparsity:
     def step(self, closure: Callable[[], float] | None = None) -> Any:
         """Mask gradients, run ``optimizer.step()``, re-apply masks, update topology when due.
 
+        The plain-loop form of the two halves :meth:`before_optimizer_step` and
+        :meth:`after_optimizer_step`; a framework that calls the optimizer itself uses
+        :meth:`wrap` (or the callbacks in :mod:`sparsenets.integrations`) instead.
+
         Args:
             closure: optional, as for ``optimizer.step``: it zeroes the gradients, computes the
                 loss and calls ``backward()``. It is evaluated once, here, before the gradients
@@ -254,28 +260,85 @@ class DynamicSparsity:
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        self.step_count += 1
-        step = self.step_count
-        self._follow_device()
+        self.before_optimizer_step()
         try:
-            due = self.method.is_update(self, step)
+            result = self.optimizer.step()
+        except BaseException:
+            self.after_optimizer_step(skipped=True)
+            raise
+        self.after_optimizer_step()
+        return loss if closure is not None else result
+
+    def before_optimizer_step(self) -> None:
+        """First half of a sparse step, after ``backward()`` and before ``optimizer.step()``.
+
+        At an update step of a method that needs it, keep the dense gradient; let the method
+        observe the gradients (SNFS's momentum); zero the gradients at inactive positions, so
+        the optimizer builds no state there. Gradient clipping belongs before this call (it then
+        sees the dense gradient, inactive positions included) or after it (the masked one).
+        """
+        if self._pending is not None:  # the last first half got no second: its step was skipped
+            self._finish_step()
+        self._follow_device()
+        step = self.step_count + 1
+        due = self.method.is_update(self, step)
+        try:
             if due and self.method.needs_dense_grad:
                 self._capture_dense_grads(step)
             self.method.observe(self, step)
             for layer in self.layers.values():
                 layer.before_optimizer_step()
-            result = self.optimizer.step()
+        except BaseException:
+            self._finish_step()
+            raise
+        self._pending = due
+
+    def after_optimizer_step(self, *, skipped: bool = False) -> None:
+        """Second half of a sparse step, right after ``optimizer.step()``.
+
+        Counts the step, zeroes the weights at inactive positions again and, when the schedule
+        says so, updates the topology (optimizer state of dropped and grown weights reset).
+        With ``skipped=True`` (the optimizer did not step, e.g. ``GradScaler`` found inf/NaN
+        gradients) nothing is counted or changed: the step does not exist for sparsity.
+        """
+        if self._pending is None:
+            raise SparsenetsError(
+                "after_optimizer_step() needs a before_optimizer_step() first "
+                "(call both around optimizer.step(), or use sparsifier.step() / sparsifier.wrap())"
+            )
+        due = self._pending
+        try:
+            if skipped:
+                return
+            self.step_count += 1
             for layer in self.layers.values():
                 layer.after_optimizer_step()
             if due:
                 started = time.perf_counter()
-                self._update_topology(step)
+                self._update_topology(self.step_count)
                 self.update_seconds += time.perf_counter() - started
-        finally:  # what was captured for this step never outlives it
-            for layer in self.layers.values():
-                layer.clear_scratch()
-            self.state.clear_scratch()
-        return loss if closure is not None else result
+        finally:
+            self._finish_step()
+
+    def _finish_step(self) -> None:
+        """What was captured for a step never outlives it."""
+        self._pending = None
+        for layer in self.layers.values():
+            layer.clear_scratch()
+        self.state.clear_scratch()
+
+    def wrap(self, optimizer: torch.optim.Optimizer | None = None) -> SparseOptimizer:
+        """A ``torch.optim.Optimizer`` whose ``step()`` is this sparsifier's step.
+
+        Give it wherever an optimizer goes (``GradScaler.step``, LR schedulers,
+        ``accelerate.prepare``, ``transformers.Trainer(optimizers=...)``, Lightning's
+        ``configure_optimizers``): it shares the optimizer's ``param_groups`` and ``state``, and
+        its ``state_dict`` holds both the optimizer's and the sparsifier's. ``optimizer``, when
+        given, must be the one this sparsifier was built with.
+        """
+        if optimizer is not None and optimizer is not self.optimizer:
+            raise SparsenetsError("wrap() takes the optimizer the sparsifier was built with (or none)")
+        return SparseOptimizer(self)
 
     def _follow_device(self) -> None:
         """Move masks and method state along when the model was moved after construction."""
