@@ -13,6 +13,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sparse_checks import assert_exact_counts, assert_nothing_revived
 from torch import nn
 
 import sparsenets
@@ -159,15 +160,12 @@ def run_checked(model, optimizer, method, *, density, seed, inputs, n_out, **ext
         if updated:
             updates.append(step)
             check_update(s, method, step, prev, after_opt, dense_grads)
-        for name, mask in s.masks.items():
-            param = s.params[name]
-            assert bool((param[~mask] == 0).all()), (name, step)
-            for state in per_element_state(optimizer, param):
-                assert bool((state[~mask] == 0).all()), (name, step)
-            if not updated:
+        assert_nothing_revived(s, step)
+        if not updated:
+            for name, mask in s.masks.items():
                 assert torch.equal(mask, prev[name])
         if method in FIXED:
-            assert {n: s.masks.nnz(n) for n in s.masks} == s.target_counts
+            assert_exact_counts(s)
         if method == "snfs":
             assert s.masks.nnz() == sum(s.target_counts.values())
         if method == "static":

@@ -13,10 +13,10 @@ import warnings
 
 import pytest
 import torch
+from sparse_checks import assert_exact_counts, assert_nothing_revived
 from torch import nn
 
 from sparsenets import DynamicSparsity, SparsenetsError, SparseOptimizer
-from sparsenets.optim import per_element_state
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning", "ignore::DeprecationWarning")
 
@@ -58,13 +58,9 @@ def sgd(model):
 
 
 def check_invariants(s: DynamicSparsity) -> None:
-    """Exact nnz per layer and zero weights / optimizer state at inactive positions."""
-    assert {n: s.masks.nnz(n) for n in s.masks} == s.target_counts
-    for name, mask in s.masks.items():
-        param = s.params[name]
-        assert bool((param[~mask] == 0).all()), name
-        for state in per_element_state(s.optimizer, param):
-            assert bool((state[~mask] == 0).all()), name
+    """The property tests' invariants: exact nnz, nothing revived through optimizer state."""
+    assert_exact_counts(s)
+    assert_nothing_revived(s)
     assert not s.transient
 
 
