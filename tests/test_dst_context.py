@@ -257,3 +257,24 @@ def test_methods_do_not_see_the_sparsifier_type():
     for module in (base, methods, pruning):
         assert "DynamicSparsity" not in inspect.getsource(module).replace(
             "sparsenets.dst.sparsifier.DynamicSparsity", "")
+
+
+def test_masks_alone_fix_the_density_and_each_layers_count(make_mlp):
+    model = make_mlp(SIZES, 0)
+    gen = torch.Generator().manual_seed(0)
+    masks = {n: torch.rand(p.shape, generator=gen) < 0.25 for n, p in model.named_parameters() if n.endswith("weight")}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    s = DynamicSparsity(model, optimizer, masks=masks, total_steps=9, method="rigl", update_every=3)
+    counts = {n: int(m.sum()) for n, m in masks.items()}
+    assert s.target_counts == s.initial_counts == counts
+    assert s.density == sum(counts.values()) / sum(m.numel() for m in masks.values())
+    for _ in range(9):
+        optimizer.zero_grad()
+        model(torch.randn(4, SIZES[0])).pow(2).mean().backward()
+        s.step()
+        assert {n: s.masks.nnz(n) for n in s.masks} == counts
+    assert len(s.history) == 2
+    with pytest.raises(SparsenetsError, match="density is required unless masks="):
+        DynamicSparsity(model, optimizer, total_steps=9)
+    with pytest.raises(SparsenetsError, match="must be a torch.bool tensor"):
+        DynamicSparsity(model, optimizer, masks={n: m.float() for n, m in masks.items()}, total_steps=9)

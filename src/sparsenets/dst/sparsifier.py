@@ -45,6 +45,8 @@ class DynamicSparsity:
         model: the network; its sparsified weights are zeroed at inactive positions at once.
         optimizer: optimizer over the model's parameters (SGD with momentum, Adam, AdamW, …).
         density: global density in (0, 1] of the sparsified layers (final density for GMP/GraNet).
+            May be left out when ``masks`` is given: the masks then fix the density and each
+            layer's count (the allocation is theirs).
         total_steps: the number of ``step()`` calls planned (schedules are relative to it).
         method: a name (``static``, ``set``, ``rigl``, ``snfs``, ``mest``, ``ctre``, ``gmp``,
             ``granet``) or a :class:`~sparsenets.dst.base.Method` object.
@@ -88,7 +90,7 @@ class DynamicSparsity:
         model: nn.Module,
         optimizer: torch.optim.Optimizer,
         *,
-        density: float,
+        density: float | None = None,
         total_steps: int,
         method: str | Method = "rigl",
         distribution: str | CustomAllocation = "erk",
@@ -103,7 +105,9 @@ class DynamicSparsity:
         auto_timer: Timer | None = None,
         **method_options: Any,
     ):
-        self.density = check_density(density)
+        if density is None and masks is None:
+            raise SparsenetsError("density is required unless masks= gives the initial topology")
+        self.density = None if density is None else check_density(density)
         if not isinstance(total_steps, int) or total_steps < 1:
             raise SparsenetsError(f"total_steps must be a positive integer, got {total_steps!r}")
         self.model, self.optimizer = model, optimizer
@@ -119,7 +123,16 @@ class DynamicSparsity:
         check_optimizer_covers(optimizer, {n: all_params[n] for n in names})
         self.device = all_params[names[0]].device
         self.masks = MaskStore({n: tuple(all_params[n].shape) for n in names}, self.device)
-        self.target_counts = allocate_counts(self.masks.shapes, self.density, distribution)
+        if self.density is None:  # the given masks are the allocation
+            self._check_mask_names(masks)
+            for name in names:
+                self.masks.set(name, masks[name])  # validated: bool, the parameter's shape
+            self.target_counts = {n: self.masks.nnz(n) for n in names}
+            self.density = sum(self.target_counts.values()) / self.masks.numel()
+            if self.density == 0:
+                raise SparsenetsError("the given masks keep no weight at all")
+        else:
+            self.target_counts = allocate_counts(self.masks.shapes, self.density, distribution)
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
         self.update_seconds = 0.0
@@ -141,13 +154,7 @@ class DynamicSparsity:
     def _init_masks(self, masks: Mapping[str, torch.Tensor] | None, params: Mapping[str, nn.Parameter]) -> None:
         names = list(self._index)
         if masks is not None:
-            unknown = set(masks) - set(names)
-            missing = set(names) - set(masks)
-            if unknown or missing:
-                raise SparsenetsError(
-                    f"initial masks must name exactly the sparsified parameters "
-                    f"(missing: {sorted(missing)}, unknown: {sorted(unknown)})"
-                )
+            self._check_mask_names(masks)
             for name in names:
                 self.masks.set(name, masks[name])
             self.initial_counts = {n: self.masks.nnz(n) for n in names}
@@ -159,6 +166,15 @@ class DynamicSparsity:
         self.masks.apply_to_({n: params[n] for n in names})
         for name in names:
             reset_state_(self.optimizer, params[name], ~self.masks[name])
+
+    def _check_mask_names(self, masks: Mapping[str, torch.Tensor]) -> None:
+        unknown = set(masks) - set(self._index)
+        missing = set(self._index) - set(masks)
+        if unknown or missing:
+            raise SparsenetsError(
+                f"initial masks must name exactly the sparsified parameters "
+                f"(missing: {sorted(missing)}, unknown: {sorted(unknown)})"
+            )
 
     def _make_layer(self, name: str, param: nn.Parameter) -> LayerBackend:
         if self.backends[name] != "sparse":
