@@ -36,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--resume", metavar="RUN_DIR", help="continue a run from its checkpoint")
     train.add_argument("--device", help="auto (default), cpu, cuda, cuda:N")
     train.add_argument("--quiet", action="store_true", help="no progress bar or epoch lines")
+    train.add_argument("--logger", dest="loggers", action="append", metavar="NAME",
+                       help="per-step logger: csv (steps.csv, the default) or tensorboard; repeatable "
+                            "or comma-separated, replaces the recipe's loggers")
 
     rep = sub.add_parser("report", help="print the summary of a finished run or a pruned LLM directory")
     rep.add_argument("run_dir", help="a training run directory, or a directory written by prune-llm")
@@ -122,6 +125,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         extra = list(args.overrides) + ([f"device={args.device}"] if args.device else [])
         config = load_recipe(args.recipe, extra)
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if args.loggers is not None:
+        config = build_config({**config.model_dump(mode="json"), "loggers": args.loggers})
     summary = run_training(
         config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
     )

@@ -25,6 +25,7 @@ from .data import DATASETS
 from .dst.backend import BACKENDS
 from .dst.registry import METHODS, method_options
 from .errors import SparsenetsError, check_density, choice_error
+from .loggers import logger_names
 from .models import MODELS
 
 #: ``sparsity.method`` values: ``dense`` trains without a sparsifier.
@@ -112,7 +113,14 @@ class TrainConfig(BaseModel):
     threads: int | None = None
     #: ``masked`` (dense weights times masks), ``sparse`` (CSR nn.Linear layers) or ``auto``.
     backend: str = "masked"
+    #: per-step loggers: ``csv`` (``steps.csv``), ``tensorboard``; ``[]`` logs no steps.
+    loggers: list[str] = ["csv"]
     sparsity: SparsityConfig = SparsityConfig()
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers(cls, value: Any) -> Any:
+        return logger_names(value) if value is None or isinstance(value, str | list | tuple) else value
 
     @field_validator("backend")
     @classmethod

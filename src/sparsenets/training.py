@@ -4,6 +4,8 @@ Run directory layout::
 
     config.yaml        the resolved recipe
     metrics.jsonl      one JSON record per epoch
+    steps.csv          one row per optimizer step (loss, lr, density, ITOP rate, churn, ...);
+                       ``tensorboard/`` too with ``loggers: [csv, tensorboard]`` (see loggers.py)
     summary.json       final test accuracy, per-layer density, ITOP rate, FLOPs, wall time
     checkpoint/        model.safetensors, masks.safetensors, state.pt (optimizer, LR schedule,
                        sparsifier, RNG, epoch); ``--resume`` continues from it exactly
@@ -41,6 +43,7 @@ from .io import (
     write_json,
     write_text,
 )
+from .loggers import LOGGERS, StepRecorder, check_loggers, make_loggers
 from .models import build_model
 from .plots import plot_accuracy, plot_itop, plot_layer_density
 from .report import report
@@ -114,8 +117,9 @@ class Trainer:
             )
         return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch)
 
-    def train_epoch(self, epoch: int, progress: bool) -> dict[str, float]:
-        """One pass over the training set in an order derived from (seed, epoch)."""
+    def train_epoch(self, epoch: int, progress: bool, steps: StepRecorder | None = None) -> dict[str, float]:
+        """One pass over the training set in an order derived from (seed, epoch); ``steps``
+        records every optimizer step."""
         cfg, model = self.config, self.model
         model.train()
         x = self.data.x_train.to(self.device)
@@ -129,7 +133,9 @@ class Trainer:
             leave=False,
             disable=None if progress else True,  # None: off when stderr is not a terminal
         )
-        for xb, yb in bar:
+        first_step = (epoch - 1) * self.steps_per_epoch + 1
+        for step, (xb, yb) in enumerate(bar, start=first_step):
+            lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             self.optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
@@ -139,7 +145,10 @@ class Trainer:
             else:
                 self.optimizer.step()
             self.scheduler.step()
-            total_loss += loss.item() * len(yb)
+            step_loss = loss.item()
+            if steps is not None:
+                steps.record(step=step, epoch=epoch, loss=step_loss, lr=lr)
+            total_loss += step_loss * len(yb)
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
@@ -229,9 +238,10 @@ def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Create the run directory, clearing an earlier run's files when ``overwrite``."""
     check_run_dir(run_dir, overwrite)
     if run_dir.exists():
-        for name in ("metrics.jsonl", "summary.json", "config.yaml"):
+        for name in ("metrics.jsonl", "summary.json", "config.yaml", LOGGERS["csv"]):
             (run_dir / name).unlink(missing_ok=True)
-        shutil.rmtree(run_dir / "checkpoint", ignore_errors=True)
+        for name in ("checkpoint", LOGGERS["tensorboard"]):
+            shutil.rmtree(run_dir / name, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
 
 
@@ -260,6 +270,7 @@ def run_training(
     backends = checkpoint_backends(run_dir / "checkpoint") if resume and config.sparsity.method != "dense" else None
     # Building validates data, device and sparsity before anything is written.
     trainer = Trainer.build(config, backends)
+    check_loggers(config.loggers)
     if not resume:
         prepare_run_dir(run_dir, overwrite)
     write_text(run_dir / "config.yaml", config.to_yaml())
@@ -267,13 +278,34 @@ def run_training(
     if resume:
         state = trainer.load_checkpoint(run_dir / "checkpoint")
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
+    resume_step = state["epoch"] * trainer.steps_per_epoch if resume else None
+    loggers = make_loggers(config.loggers, run_dir, resume_step=resume_step)
+    with StepRecorder(loggers, trainer.sparsifier) as steps:
+        _train_epochs(trainer, state, run_dir, steps, stop_after_epochs, progress)
+    if state["epoch"] < config.epochs:
+        return {"finished": False, "epoch": state["epoch"], "run_dir": str(run_dir)}
+    summary = make_summary(trainer, state, run_dir)
+    write_json(run_dir / "summary.json", summary)
+    return summary
+
+
+def _train_epochs(
+    trainer: Trainer,
+    state: dict[str, Any],
+    run_dir: Path,
+    steps: StepRecorder,
+    stop_after_epochs: int | None,
+    progress: bool,
+) -> None:
+    """Train, evaluate and checkpoint epoch after epoch from ``state`` (updated in place)."""
+    config = trainer.config
     epochs_this_call = 0
     while state["epoch"] < config.epochs:
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
         epoch = state["epoch"] + 1
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch, progress)}
+        record: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch, progress, steps)}
         state["train_seconds"] += time.perf_counter() - t0
         record.update(trainer.evaluate())
         record["lr"] = trainer.optimizer.param_groups[0]["lr"]
@@ -284,6 +316,7 @@ def run_training(
         state["epoch"] = epoch
         state["epochs"] = [*state["epochs"], record]
         state["wall_seconds"] += time.perf_counter() - t0
+        steps.flush()  # every step up to the checkpoint is on disk before it is
         trainer.save_checkpoint(run_dir / "checkpoint", state)
         write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in state["epochs"]))
         epochs_this_call += 1
@@ -291,11 +324,6 @@ def run_training(
             "epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f",
             epoch, config.epochs, record["train_loss"], record["train_accuracy"], record["test_accuracy"],
         )
-    if state["epoch"] < config.epochs:
-        return {"finished": False, "epoch": state["epoch"], "run_dir": str(run_dir)}
-    summary = make_summary(trainer, state, run_dir)
-    write_json(run_dir / "summary.json", summary)
-    return summary
 
 
 def checkpoint_backends(path: Path) -> dict[str, str] | None:
@@ -351,6 +379,7 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
         "device": str(trainer.device),
         "report": rep_dict,
         "plots": plots,
+        "step_logs": {name: LOGGERS[name] for name in config.loggers},
     }
 
 
