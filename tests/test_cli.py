@@ -129,3 +129,11 @@ def test_subprocess_train_resume_report(tmp_path):
     )
     assert bad.returncode == 2
     assert "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_methods_lists_pruning_at_init_and_lottery(capsys):
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0
+    for name in ("snip", "grasp", "synflow", "magnitude", "random", "lottery"):
+        assert f"\n{name} " in f"\n{out}"
+    assert "sparsity.init" in out and "prune_fraction=0.2" in out

@@ -27,6 +27,7 @@ from .dst import (
 )
 from .errors import SparsenetsError
 from .masks import MaskStore
+from .prune import prune_at_init
 from .report import LayerReport, Report, report
 from .rng import Stream
 from .select import NM, Unstructured, check_structure, parse_structure
@@ -39,6 +40,6 @@ __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
     "LayerReport", "MaskStore", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
     "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
-    "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "report",
+    "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "prune_at_init", "report",
     "save_sparse", "to_dense", "to_sparse", "__version__",
 ]

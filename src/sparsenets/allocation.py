@@ -5,6 +5,10 @@ Uniform, ER and ERK take the layers' *shapes* and return *integer* counts whose 
 Real-valued budgets are turned into counts by largest-remainder rounding, so no layer is off by
 more than one weight from its real budget and the global budget holds to the weight.
 
+:func:`global_counts` and :func:`lamp_counts` take per-weight *scores* or *weights* instead and
+split the same exact budget by one threshold across layers (global magnitude, LAMP): the
+allocations of one-shot magnitude pruning and of every round of iterative magnitude pruning.
+
 :func:`owl` takes per-block *statistics* instead (outlier ratios from a calibration pass) and
 returns per-block sparsities, the word of LLM pruning (sparsity = 1 − density).
 """
@@ -17,6 +21,8 @@ from collections.abc import Callable, Mapping
 import torch
 
 from .errors import SparsenetsError, check_density, choice_error
+from .scores import lamp
+from .select import select
 
 Shape = tuple[int, ...]
 CustomAllocation = Mapping[str, float] | Callable[[str, Shape], float]
@@ -141,6 +147,93 @@ def allocate(
     """Per-layer densities (``nnz / numel``) of :func:`allocate_counts`."""
     counts = allocate_counts(shapes, density, distribution)
     return {n: counts[n] / _numel(shapes[n]) for n in shapes}
+
+
+#: Allocations computed from the weights (or scores) rather than from the shapes.
+WEIGHT_ALLOCATIONS = ("global", "lamp")
+
+
+def global_counts(
+    scores: Mapping[str, torch.Tensor],
+    density: float,
+    *,
+    eligible: Mapping[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, int]:
+    """Per-layer keep counts of one threshold across layers ("global" allocation).
+
+    The ``round(density · total)`` highest scores of all layers together are kept (ties at the
+    threshold broken with ``generator``), ``total`` counting every position of every layer. With
+    ``|w|`` as scores this is global magnitude pruning (Frankle & Carbin 2019; open_lth's
+    ``sparse_global``).
+
+    Args:
+        scores: ``{name: scores}`` of any shapes, higher = keep; float64 is compared in float64.
+        density: kept share of all positions, in (0, 1].
+        eligible: ``{name: bool mask}`` of the positions that may be kept (e.g. the survivors
+            of the previous round); ``None`` means all.
+        generator: CPU generator for ties at the threshold.
+
+    Returns:
+        ``{name: count}`` summing to ``round(density · total)`` exactly.
+
+    Raises:
+        SparsenetsError: the budget exceeds the eligible positions.
+    """
+    return {n: int(m.sum()) for n, m in global_masks(scores, density, eligible=eligible, generator=generator).items()}
+
+
+def global_masks(
+    scores: Mapping[str, torch.Tensor],
+    density: float,
+    *,
+    eligible: Mapping[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """The keep masks behind :func:`global_counts` (same arguments): ``{name: bool mask}``."""
+    density = check_density(density)
+    if not scores:
+        raise SparsenetsError("allocation needs at least one layer")
+    total = sum(s.numel() for s in scores.values())
+    keep = round(density * total)
+    if eligible is not None:
+        available = sum(int(eligible[n].sum()) for n in scores)
+        if keep > available:
+            raise SparsenetsError(
+                f"density {density:g} keeps {keep} weights but only {available} of {total} are eligible"
+            )
+        scores = {n: s.masked_fill(~eligible[n].to(s.device), float("-inf")) for n, s in scores.items()}
+    return select(scores, keep, group="global", generator=generator)
+
+
+def lamp_counts(
+    weights: Mapping[str, torch.Tensor],
+    density: float,
+    *,
+    eligible: Mapping[str, torch.Tensor] | None = None,
+    generator: torch.Generator | None = None,
+) -> dict[str, int]:
+    """Per-layer keep counts of LAMP (Lee et al. 2021): a global selection on the LAMP scores
+    (:func:`sparsenets.scores.lamp`) of each layer's eligible weights.
+
+    Inside a layer LAMP ranks like |w|, so keeping each layer's top count by magnitude gives
+    LAMP's mask (as the reference does). Every layer keeps its largest weight whenever the budget
+    is at least the number of layers.
+
+    Args:
+        weights: ``{name: weight}`` of any shapes.
+        density: kept share of all positions, in (0, 1].
+        eligible: ``{name: bool mask}`` of the positions that compete; ``None`` means all.
+        generator: CPU generator, first for the order of equal weights in each layer's sort
+            (layer by layer), then for ties at the global threshold.
+
+    Returns:
+        ``{name: count}`` summing to ``round(density · total)`` exactly.
+    """
+    scores = {
+        n: lamp(w, None if eligible is None else eligible[n], generator) for n, w in weights.items()
+    }
+    return global_counts(scores, density, eligible=eligible, generator=generator)
 
 
 def proportional_counts(total: int, weights: Mapping[str, float], caps: Mapping[str, int]) -> dict[str, int]:

@@ -139,6 +139,10 @@ def format_summary(summary: dict) -> str:
     """The human-readable end-of-run text: accuracy, per-layer density, ITOP, plots."""
     from .report import Report
 
+    if summary.get("method") == "lottery":
+        from .lottery import format_lottery
+
+        return format_lottery(summary)
     lines = [
         f"run        {summary['name']} ({summary['method']}, {summary['dataset']}, {summary['model']})",
         f"test acc   {summary['test_accuracy']:.4f} (best {summary['best_test_accuracy']:.4f}) "
@@ -196,12 +200,26 @@ def _report_pruned(directory: str, *, as_json: bool) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from .dst import METHODS
+    from dataclasses import fields
 
+    from .config import LOTTERY_ALLOCATIONS, LotteryConfig
+    from .dst import METHODS
+    from .prune import METHODS as INIT_METHODS
+
+    print("dynamic sparse training and gradual pruning (sparsity.method):")
     for name, cls in METHODS.items():
         defaults = ", ".join(f"{k}={v!r}" for k, v in cls().options().items())
         doc = (cls.__doc__ or "").strip().splitlines()[0]
-        print(f"{name:8s} {doc}\n         {defaults or '(no options)'}")
+        print(f"{name:9s} {doc}\n          {defaults or '(no options)'}")
+    print("\npruning at initialization (sparsity.init, sparsity.init_allocation):")
+    for name, cls in INIT_METHODS.items():
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        options = ", ".join(f"{f.name}={f.default!r}" for f in fields(cls))
+        print(f"{name:9s} {doc}\n          {options or '(no options)'}")
+    lottery = ", ".join(f"{k}={v!r}" for k, v in LotteryConfig().model_dump().items())
+    print("\nlottery tickets (lottery: block, sparsity.method static):")
+    print(f"lottery   iterative magnitude pruning with rewinding; allocation one of {', '.join(LOTTERY_ALLOCATIONS)}"
+          f"\n          {lottery}")
     return 0
 
 

@@ -46,6 +46,29 @@ class SparsityConfig(BaseModel):
     exclude: list[str] | None = None
     dense_first: bool = False
     dense_last: bool = False
+    #: where the initial mask comes from: random with ``distribution`` (default), or pruning at
+    #: initialization (``snip``, ``grasp``, ``synflow``, ``magnitude``, ``random``)
+    init: str | None = None
+    #: the allocation of ``init`` (default: ``global``, or ``distribution`` for ``init: random``)
+    init_allocation: str | None = None
+
+    @field_validator("init")
+    @classmethod
+    def _init(cls, value: str | None) -> str | None:
+        from .prune import METHODS as INIT_METHODS
+
+        if value is not None and value.lower() not in INIT_METHODS:
+            raise choice_error("sparsity.init", value, INIT_METHODS)
+        return None if value is None else value.lower()
+
+    @model_validator(mode="after")
+    def _init_needs_a_fixed_budget(self) -> SparsityConfig:
+        if self.init is not None and self.method in ("dense", "gmp", "granet"):
+            raise SparsenetsError(
+                f"sparsity.init gives the initial mask of a sparse run; method {self.method!r} starts "
+                f"{'dense' if self.method != 'dense' else 'without masks'} (use static or a DST method)"
+            )
+        return self
 
     @field_validator("method")
     @classmethod
@@ -88,6 +111,50 @@ class SparsityConfig(BaseModel):
         return dict(self.model_extra or {})
 
 
+#: How an IMP round chooses the weights to prune: one magnitude threshold across layers, LAMP
+#: scores across layers, or the same fraction of every layer.
+LOTTERY_ALLOCATIONS = ("global", "lamp", "layer")
+
+
+class LotteryConfig(BaseModel):
+    """The ``lottery:`` block: iterative magnitude pruning with rewinding (lottery tickets).
+
+    Each round trains ``epochs`` epochs, prunes ``ceil(prune_fraction · remaining)`` weights by
+    magnitude, rewinds the survivors to their values at ``rewind_step`` (0: the initialization)
+    and trains again, until ``sparsity.density`` is reached.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    prune_fraction: float = 0.2
+    rewind_step: int = 0
+    allocation: str = "global"
+    #: Lottery Pools: interpolate the final ticket with those of adjacent rounds, kept when the
+    #: validation accuracy (``validation_size`` examples held out of training) improves.
+    pools: bool = False
+
+    @field_validator("prune_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0.0 < value < 1.0:
+            raise ValueError(f"must be in (0, 1), got {value}")
+        return value
+
+    @field_validator("rewind_step")
+    @classmethod
+    def _rewind(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
+        return value
+
+    @field_validator("allocation")
+    @classmethod
+    def _allocation(cls, value: str) -> str:
+        if value not in LOTTERY_ALLOCATIONS:
+            raise choice_error("lottery allocation", value, LOTTERY_ALLOCATIONS)
+        return value
+
+
 class TrainConfig(BaseModel):
     """A training recipe: data, model, optimizer, schedule and sparsity."""
 
@@ -116,6 +183,10 @@ class TrainConfig(BaseModel):
     #: per-step loggers: ``csv`` (``steps.csv``), ``tensorboard``; ``[]`` logs no steps.
     loggers: list[str] = ["csv"]
     sparsity: SparsityConfig = SparsityConfig()
+    #: training examples held out as a validation set (0: none); never trained on.
+    validation_size: int = 0
+    #: iterative magnitude pruning (lottery tickets); ``sparsity.method`` must be ``static``.
+    lottery: LotteryConfig | None = None
 
     @field_validator("loggers", mode="before")
     @classmethod
@@ -137,12 +208,37 @@ class TrainConfig(BaseModel):
             )
         return self
 
+    @model_validator(mode="after")
+    def _lottery_trains_fixed_masks(self) -> TrainConfig:
+        if self.lottery is None:
+            return self
+        if self.sparsity.method != "static":
+            raise SparsenetsError(
+                f"a lottery run trains every round with a fixed mask: set sparsity.method to 'static' "
+                f"(got {self.sparsity.method!r})"
+            )
+        if self.backend != "masked":
+            raise SparsenetsError(f"a lottery run uses backend 'masked' (got {self.backend!r})")
+        if self.lottery.pools and self.validation_size < 1:
+            raise SparsenetsError(
+                "lottery.pools chooses on a validation split: set validation_size (e.g. 5000 training "
+                "examples held out)"
+            )
+        return self
+
     @field_validator("dataset", "model")
     @classmethod
     def _known_name(cls, value: str, info: ValidationInfo) -> str:
         valid = DATASETS if info.field_name == "dataset" else MODELS
         if value not in valid:
             raise choice_error(info.field_name, value, valid)
+        return value
+
+    @field_validator("validation_size")
+    @classmethod
+    def _validation_size(cls, value: int) -> int:
+        if value < 0:
+            raise ValueError(f"must be >= 0, got {value}")
         return value
 
     @field_validator("epochs", "batch_size")

@@ -1,4 +1,4 @@
-"""PNG plots of a training run: accuracy vs epoch, per-layer density, ITOP rate vs step."""
+"""PNG plots of a training run: accuracy vs epoch, per-layer density, ITOP rate vs step, tickets."""
 
 from __future__ import annotations
 
@@ -68,3 +68,20 @@ def plot_itop(history: Sequence[Mapping[str, Any]], initial_density: float, path
     if history:
         ax.plot(steps[1:], [h["churn"] for h in history], linestyle="--", label="churn per update")
     return _finish(plt, fig, ax, path, title or "in-time over-parameterization", "step", "fraction")
+
+
+def plot_lottery(
+    rounds: Sequence[Mapping[str, Any]], path: str | Path, title: str = "", pool: Mapping[str, Any] | None = None
+) -> Path:
+    """Test accuracy of each lottery-ticket round against its sparsity (and of the Lottery Pool)."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sparsity = [100 * (1 - r["density"]) for r in rounds]
+    ax.plot(sparsity, [r["test_accuracy"] for r in rounds], marker="o", label="ticket (rewound, retrained)")
+    for r, x in zip(rounds, sparsity):
+        ax.annotate(str(r["round"]), (x, r["test_accuracy"]), textcoords="offset points", xytext=(0, 5),
+                    fontsize=7, ha="center")
+    if pool is not None:
+        ax.scatter([100 * (1 - pool["density"])], [pool["test_accuracy"]], marker="*", s=120, color="tab:red",
+                   zorder=3, label="Lottery Pool")
+    return _finish(plt, fig, ax, path, title or "lottery tickets: accuracy per round", "sparsity (%)", "test accuracy")

@@ -31,6 +31,15 @@ class Stream(IntEnum):
     REGROW_VALUES = 4
     #: the order of training examples in an epoch (``generator(seed, epoch, Stream.DATA_ORDER)``)
     DATA_ORDER = 11
+    #: tie-breaking when pruning at initialization: ``generator(seed, round, Stream.PRUNE_TIES)``
+    #: for a global selection, ``generator(seed, round, layer_index, Stream.PRUNE_TIES)`` per
+    #: layer, round −1 for LAMP's counts (the order of equal weights in its per-layer sorts)
+    PRUNE_TIES = 12
+    #: tie-breaking of the magnitude pruning after each lottery-ticket (IMP) round and of the
+    #: re-pruning of Lottery Pools (``generator(seed, round, Stream.IMP_TIES)``)
+    IMP_TIES = 13
+    #: which training examples are held out as the validation split (``generator(seed, Stream.VALIDATION_SPLIT)``)
+    VALIDATION_SPLIT = 21
 
 
 def derive_seed(*parts: int) -> int:

@@ -1,6 +1,7 @@
 """Pure scoring functions: a score per weight, the same shape as the weight.
 
-Higher means "more important" (keep or grow); drop steps remove the lowest scores.
+Higher means "more important" (keep or grow); drop steps remove the lowest scores. The one
+exception is :func:`grasp`, whose paper removes the *highest* scores (said in its docstring).
 """
 
 from __future__ import annotations
@@ -59,3 +60,97 @@ def activation_cosine_similarity(inputs: torch.Tensor, outputs: torch.Tensor) ->
     x = torch.nn.functional.normalize(inputs.detach().float(), dim=0)
     y = torch.nn.functional.normalize(outputs.detach().float(), dim=0)
     return y.t() @ x
+
+
+# --------------------------------------------------------------- pruning at initialization
+
+
+def snip(weight: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """SNIP's connection sensitivity |∂L/∂w ⊙ w| (Lee et al. 2019, "SNIP: Single-shot Network
+    Pruning based on Connection Sensitivity"), the gradient of the loss with respect to a
+    multiplicative mask c at c = 1. Higher = keep.
+
+    Args:
+        weight: a weight of any shape (out, in, ...).
+        grad: ∂L/∂w of the same shape, over the pruning batch.
+
+    Returns:
+        non-negative scores of ``weight``'s shape and dtype.
+    """
+    return (grad.detach() * weight.detach()).abs()
+
+
+def grasp(weight: torch.Tensor, hessian_grad: torch.Tensor) -> torch.Tensor:
+    """GraSP's score S = −w ⊙ (H g) (Wang et al. 2020, "Picking Winning Tickets Before Training
+    by Preserving Gradient Flow"). **The highest scores are removed** (removing them reduces the
+    gradient flow gᵀHg the least), so callers keep the *lowest*, e.g. by selecting on ``-S``.
+
+    Args:
+        weight: a weight of any shape (out, in, ...).
+        hessian_grad: (H g) restricted to this weight, the same shape: the Hessian of the loss
+            times its gradient, from double backpropagation.
+
+    Returns:
+        signed scores of ``weight``'s shape and dtype.
+    """
+    return -weight.detach() * hessian_grad.detach()
+
+
+def synflow(weight: torch.Tensor, flow_grad: torch.Tensor) -> torch.Tensor:
+    """SynFlow's synaptic saliency |w ⊙ ∂R/∂w| (Tanaka et al. 2020, "Pruning neural networks
+    without any data by iteratively conserving synaptic flow"), where R = 1ᵀ f(1) is the summed
+    output of the network with every parameter replaced by its absolute value. Higher = keep.
+
+    Args:
+        weight: the (absolute-valued, masked) weight of any shape, in the dtype scored.
+        flow_grad: ∂R/∂w of the same shape.
+
+    Returns:
+        non-negative scores of ``weight``'s shape and dtype (score in float64 for deep
+        networks: in float32 the products flush to zero and tie).
+    """
+    return (weight.detach() * flow_grad.detach()).abs()
+
+
+def lamp(
+    weight: torch.Tensor, eligible: torch.Tensor | None = None, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """LAMP scores (Lee et al. 2021, "Layer-adaptive Sparsity for the Magnitude-based Pruning").
+
+    Within the layer the eligible weights are sorted ascending by w², u = 0 … n−1, and
+
+        score(u) = w_u² / Σ_{v ≥ u} w_v²,
+
+    which increases with |w| inside a layer and is comparable across layers: select globally on
+    it. The largest weight of every layer scores exactly 1 and every other weight at most 1/2,
+    so a global selection that keeps at least one weight per layer keeps every layer's largest.
+    Equal weights take distinct consecutive places in the sort (at random with ``generator``,
+    else by position). Computed in float64; a layer of zeros scores 0 except its last place.
+
+    Args:
+        weight: a weight of any shape.
+        eligible: bool mask of the positions that compete (e.g. the surviving weights of an IMP
+            round); others score −inf. ``None`` means all.
+        generator: CPU generator ordering equal weights.
+
+    Returns:
+        float64 scores of ``weight``'s shape in [0, 1] (−inf at ineligible positions).
+    """
+    squares = weight.detach().double().reshape(-1) ** 2
+    pool = torch.arange(squares.numel(), device=squares.device)
+    if eligible is not None:
+        pool = pool[eligible.reshape(-1).to(squares.device)]
+    values = squares[pool]  # (m,)
+    if generator is not None:  # a random order among equal values: shuffle, then stable sort
+        shuffle = torch.randperm(values.numel(), generator=generator).to(values.device)
+        order = shuffle[torch.argsort(values[shuffle], stable=True)]
+    else:
+        order = torch.argsort(values, stable=True)
+    ascending = values[order]  # (m,)
+    tails = ascending.flip(0).cumsum(0).flip(0)  # Σ_{v ≥ u} w_v²
+    ranked = torch.where(tails > 0, ascending / tails.clamp_min(torch.finfo(torch.float64).tiny), 0.0)
+    if ranked.numel():
+        ranked[-1] = 1.0
+    scores = torch.full_like(squares, float("-inf"))
+    scores[pool[order]] = ranked
+    return scores.reshape(weight.shape)

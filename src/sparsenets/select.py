@@ -150,6 +150,11 @@ def topk_indices(scores: torch.Tensor, k: int, generator: torch.Generator | None
     return chosen.nonzero().squeeze(1)
 
 
+def _compare_dtype(scores: torch.Tensor) -> torch.Tensor:
+    """Scores as compared: float64 stays float64 (e.g. SynFlow's), everything else becomes float32."""
+    return scores if scores.dtype == torch.float64 else scores.float()
+
+
 def _topk_flat(
     scores: torch.Tensor, k: int, eligible: torch.Tensor | None, generator: torch.Generator | None
 ) -> torch.Tensor:
@@ -157,7 +162,7 @@ def _topk_flat(
     n = scores.numel()
     if k <= 0:
         return torch.zeros(n, dtype=torch.bool, device=scores.device)
-    scores = torch.nan_to_num(scores.float(), nan=float("-inf"))
+    scores = torch.nan_to_num(_compare_dtype(scores), nan=float("-inf"))
     if eligible is None:
         if k >= n:
             return torch.ones(n, dtype=torch.bool, device=scores.device)
@@ -291,9 +296,11 @@ def _select_nm(scores: torch.Tensor, structure: NM, generator: torch.Generator |
 def _select_global(
     scores: Mapping[str, torch.Tensor], k: int, generator: torch.Generator | None
 ) -> dict[str, torch.Tensor]:
-    """Keep the ``k`` highest scores of all tensors together (compared on one float32 scale)."""
+    """Keep the ``k`` highest scores of all tensors together, compared on one scale: float64
+    when any tensor is float64 (scores that float32 would flush to zero stay apart), else float32."""
     names = list(scores)
-    flat = torch.cat([scores[n].reshape(-1).float() for n in names])
+    wide = any(scores[n].dtype == torch.float64 for n in names)
+    flat = torch.cat([scores[n].reshape(-1).to(torch.float64 if wide else torch.float32) for n in names])
     chosen = select_topk(flat, k, generator=generator)
     sizes = [scores[n].numel() for n in names]
     return {n: part.reshape(scores[n].shape) for n, part in zip(names, chosen.split(sizes), strict=True)}

@@ -22,6 +22,8 @@ import logging
 import math
 import shutil
 import time
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ from tqdm.auto import tqdm
 
 from .config import TrainConfig, build_config, read_yaml
 from .data import Dataset, batches, load_dataset
+from .data.base import hold_out
 from .dst import DynamicSparsity
 from .errors import SparsenetsError
 from .io import (
@@ -80,15 +83,29 @@ class Trainer:
     scheduler: torch.optim.lr_scheduler.LRScheduler
     sparsifier: DynamicSparsity | None
     steps_per_epoch: int
+    #: ``(x_val, y_val)`` held out of the training set (``validation_size``), or None
+    validation: tuple[torch.Tensor, torch.Tensor] | None = None
 
     @classmethod
-    def build(cls, config: TrainConfig, backends: dict[str, str] | None = None) -> Trainer:
+    def build(
+        cls,
+        config: TrainConfig,
+        backends: dict[str, str] | None = None,
+        masks: Mapping[str, torch.Tensor] | None = None,
+        *,
+        init_masks: bool = True,
+    ) -> Trainer:
         """Build everything from ``config``; ``backends`` (``{layer: "masked"|"sparse"}``, from
-        a checkpoint) overrides ``config.backend`` so a resumed ``auto`` run keeps its layout."""
+        a checkpoint) overrides ``config.backend`` so a resumed ``auto`` run keeps its layout;
+        ``masks`` (``{layer: bool}``) replaces the initial masks (and fixes the density);
+        ``init_masks=False`` skips ``sparsity.init`` (a resumed run loads its masks instead)."""
         device = resolve_device(config.device)
         if config.threads:
             torch.set_num_threads(config.threads)
         data = load_dataset(config.dataset, data_dir=config.data_dir)
+        validation = None
+        if config.validation_size:
+            data, validation = hold_out(data, config.validation_size, generator(config.seed, Stream.VALIDATION_SPLIT))
         torch.manual_seed(config.seed)
         model = build_model(config.model, data.input_shape, data.num_classes, **config.model_options())
         model.to(device)
@@ -98,11 +115,14 @@ class Trainer:
         scheduler = make_scheduler(config, optimizer, total_steps)
         sparsifier = None
         spec = config.sparsity
+        if spec.init is not None and masks is None and init_masks:
+            masks = initial_masks(config, model, data)
         if spec.method != "dense":
             sparsifier = DynamicSparsity(
                 model,
                 optimizer,
-                density=spec.density,
+                density=spec.density if masks is None else None,
+                masks=masks,
                 total_steps=total_steps,
                 method=spec.method,
                 distribution=spec.distribution,
@@ -115,26 +135,47 @@ class Trainer:
                 auto_batch_size=config.batch_size,
                 **spec.options,
             )
-        return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch)
+        return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch, validation)
 
-    def train_epoch(self, epoch: int, progress: bool, steps: StepRecorder | None = None) -> dict[str, float]:
-        """One pass over the training set in an order derived from (seed, epoch); ``steps``
-        records every optimizer step."""
-        cfg, model = self.config, self.model
-        model.train()
+    def epoch_batches(self, epoch: int, first_step: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """``(global step, x, y)`` of epoch ``epoch`` in its order derived from (seed, epoch),
+        from ``first_step`` on (earlier steps of the epoch are skipped, the order is kept).
+
+        Global steps count from 1: epoch ``e`` holds steps ``(e-1)·steps_per_epoch + 1`` on.
+        """
         x = self.data.x_train.to(self.device)
         y = self.data.y_train.to(self.device)
-        order = generator(cfg.seed, epoch, Stream.DATA_ORDER)
+        order = generator(self.config.seed, epoch, Stream.DATA_ORDER)
+        start = (epoch - 1) * self.steps_per_epoch + 1
+        for step, (xb, yb) in enumerate(batches(x, y, self.config.batch_size, shuffle=True, generator=order), start=start):
+            if first_step is None or step >= first_step:
+                yield step, xb, yb
+
+    def train_epoch(
+        self,
+        epoch: int,
+        progress: bool,
+        steps: StepRecorder | None = None,
+        *,
+        first_step: int | None = None,
+        last_step: int | None = None,
+    ) -> dict[str, float]:
+        """One pass over the training set in an order derived from (seed, epoch); ``steps``
+        records every optimizer step. ``first_step`` / ``last_step`` (global, inclusive) train
+        only part of the epoch, in the same order (rewinding and resuming start mid-epoch)."""
+        cfg, model = self.config, self.model
+        model.train()
         total_loss, correct, seen = 0.0, 0, 0
         bar = tqdm(
-            batches(x, y, cfg.batch_size, shuffle=True, generator=order),
+            self.epoch_batches(epoch, first_step),
             total=self.steps_per_epoch,
             desc=f"epoch {epoch}/{cfg.epochs}",
             leave=False,
             disable=None if progress else True,  # None: off when stderr is not a terminal
         )
-        first_step = (epoch - 1) * self.steps_per_epoch + 1
-        for step, (xb, yb) in enumerate(bar, start=first_step):
+        for step, xb, yb in bar:
+            if last_step is not None and step > last_step:
+                break
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             self.optimizer.zero_grad(set_to_none=True)
             logits = model(xb)
@@ -152,21 +193,36 @@ class Trainer:
             correct += int((logits.argmax(1) == yb).sum())
             seen += len(yb)
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+        bar.close()
+        if not seen:
+            return {"train_loss": float("nan"), "train_accuracy": float("nan")}
         return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
 
+    def advance_schedule(self, steps: int) -> None:
+        """Put the learning-rate schedule where it is after ``steps`` optimizer steps."""
+        with warnings.catch_warnings():  # stepping a scheduler without optimizer steps warns
+            warnings.simplefilter("ignore", UserWarning)
+            for _ in range(steps):
+                self.scheduler.step()
+
     @torch.no_grad()
-    def evaluate(self) -> dict[str, float]:
-        """Loss and accuracy on the test set."""
+    def evaluate(self, split: str = "test") -> dict[str, float]:
+        """Loss and accuracy on the test set (``split="validation"``: the held-out split)."""
+        if split == "validation":
+            if self.validation is None:
+                raise SparsenetsError("no validation split: set validation_size in the recipe")
+            x, y = self.validation
+        else:
+            x, y = self.data.x_test, self.data.y_test
         self.model.eval()
         total_loss, correct = 0.0, 0
-        x, y = self.data.x_test, self.data.y_test
         for start in range(0, len(y), EVAL_BATCH):
             xb = x[start : start + EVAL_BATCH].to(self.device)
             yb = y[start : start + EVAL_BATCH].to(self.device)
             logits = self.model(xb)
             total_loss += nn.functional.cross_entropy(logits, yb, reduction="sum").item()
             correct += int((logits.argmax(1) == yb).sum())
-        return {"test_loss": total_loss / len(y), "test_accuracy": correct / len(y)}
+        return {f"{split}_loss": total_loss / len(y), f"{split}_accuracy": correct / len(y)}
 
     # -- checkpoint --------------------------------------------------------------------------
     def save_checkpoint(self, path: Path, state: dict[str, Any]) -> None:
@@ -205,6 +261,26 @@ class Trainer:
             sparse_state["masks"] = load_tensors(path / "masks.safetensors", self.device)
             self.sparsifier.load_state_dict(sparse_state)
         return extra
+
+
+def initial_masks(config: TrainConfig, model: nn.Module, data: Dataset) -> Mapping[str, torch.Tensor]:
+    """The masks of ``sparsity.init``: pruning at initialization of the freshly built model.
+
+    Data-driven methods (SNIP, GraSP) read the training set in an order of its own (derived from
+    the seed, apart from every epoch's order).
+    """
+    from .prune import prune_at_init
+
+    spec = config.sparsity
+    allocation = spec.init_allocation or (spec.distribution if spec.init == "random" else "global")
+    device = next(model.parameters()).device
+    order = generator(config.seed, 0, Stream.DATA_ORDER)  # epoch 0: never a training epoch
+    loader = ((xb.to(device), yb.to(device))
+              for xb, yb in batches(data.x_train, data.y_train, config.batch_size, shuffle=True, generator=order))
+    return prune_at_init(
+        model, spec.init, spec.density, loader, allocation=allocation, include=spec.include,
+        exclude=spec.exclude, dense_first=spec.dense_first, dense_last=spec.dense_last, seed=config.seed,
+    )
 
 
 def make_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
@@ -263,13 +339,19 @@ def run_training(
             interruption would; a later ``resume=True`` call finishes the run.
         progress: show a progress bar per epoch.
     """
+    if config.lottery is not None:  # iterative magnitude pruning: rounds of this training
+        from .lottery import run_lottery
+
+        if stop_after_epochs is not None:
+            raise SparsenetsError("stop_after_epochs is not available for lottery runs (they resume per round)")
+        return run_lottery(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
     run_dir = Path(run_dir)
     if not resume:
         check_run_dir(run_dir, overwrite)
     # A resumed run keeps the per-layer layout of its checkpoint (``auto`` is not re-measured).
     backends = checkpoint_backends(run_dir / "checkpoint") if resume and config.sparsity.method != "dense" else None
     # Building validates data, device and sparsity before anything is written.
-    trainer = Trainer.build(config, backends)
+    trainer = Trainer.build(config, backends, init_masks=not resume)  # resuming loads the masks
     check_loggers(config.loggers)
     if not resume:
         prepare_run_dir(run_dir, overwrite)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
+
+from ..errors import SparsenetsError
 
 
 @dataclass(frozen=True)
@@ -41,3 +43,23 @@ class Dataset:
             f"Dataset(name={self.name!r}, train={tuple(self.x_train.shape)}, "
             f"test={tuple(self.x_test.shape)}, num_classes={self.num_classes})"
         )
+
+
+def hold_out(data: Dataset, size: int, generator: torch.Generator) -> tuple[Dataset, tuple[torch.Tensor, torch.Tensor]]:
+    """Split ``size`` training examples off as a validation set (never seen in training).
+
+    Args:
+        data: the dataset.
+        size: validation examples, in [1, N_train - 1].
+        generator: CPU generator choosing which examples (a seeded permutation).
+
+    Returns:
+        ``(data with the remaining training examples, (x_val, y_val))``; the test set is unchanged.
+    """
+    n = len(data.y_train)
+    if not 0 < size < n:
+        raise SparsenetsError(f"validation_size must be in [1, {n - 1}] for {data.name} ({n} training examples), got {size}")
+    order = torch.randperm(n, generator=generator)
+    keep, val = order[size:].sort().values, order[:size].sort().values
+    train = replace(data, x_train=data.x_train[keep], y_train=data.y_train[keep])
+    return train, (data.x_train[val], data.y_train[val])

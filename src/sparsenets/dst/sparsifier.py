@@ -415,6 +415,7 @@ class DynamicSparsity:
             "step": self.step_count,
             "masks": self.masks.state_dict(),
             "initial_counts": dict(self.initial_counts),
+            "target_counts": dict(self.target_counts),
             "buffers": {k: v.clone() for k, v in self.buffers.items()},
             "history": list(self.history),
             "update_seconds": self.update_seconds,
@@ -448,6 +449,8 @@ class DynamicSparsity:
                 )
         self.step_count = int(state["step"])
         self.initial_counts = {k: int(v) for k, v in state["initial_counts"].items()}
+        if "target_counts" in state:  # the allocation the run was built with (e.g. masks given)
+            self.target_counts = {k: int(v) for k, v in state["target_counts"].items()}
         self.state.load_persistent(state["buffers"], self.device)
         self.history = list(state["history"])
         self.update_seconds = float(state["update_seconds"])
