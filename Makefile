@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm bench-sparse lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning lint clean
 
 setup: $(STAMP) data
 
@@ -39,6 +39,9 @@ bench-llm: setup
 
 bench-sparse: setup
 	$(VPY) benchmarks/sparse_speed.py --markdown
+
+bench-pruning: setup
+	$(VPY) benchmarks/pruning.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks
