@@ -23,6 +23,7 @@ def test_the_document_has_every_example():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_example_runs(index, tmp_path, monkeypatch):
     block = BLOCKS[index]
+    assert "assert " in block  # every example checks what it claims
     for module, package in NEEDS.items():
         if f"import {module}" in block:
             pytest.importorskip(package)

@@ -23,6 +23,25 @@ from ..dst import DynamicSparsity
 from ..errors import SparsenetsError
 
 
+def callback_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate a callback's ``DynamicSparsity`` options when the callback is made (before training).
+
+    Raises:
+        SparsenetsError: no ``density``; a backend other than ``masked``; ``total_steps`` given.
+    """
+    if "density" not in options:
+        raise SparsenetsError("SparsityCallback needs density= (the share of weights kept, in (0, 1])")
+    if options.get("backend", "masked") != "masked":
+        raise SparsenetsError(
+            f"the framework callbacks run on backend 'masked' (got {options['backend']!r}): the framework "
+            f"holds the model's dense parameters; for CSR layers build the sparsifier yourself and pass "
+            f"sparsifier.wrap() as the optimizer"
+        )
+    if "total_steps" in options:
+        raise SparsenetsError("total_steps is taken from the trainer (its planned optimizer steps); do not pass it")
+    return dict(options)
+
+
 def build_sparsifier(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -35,14 +54,7 @@ def build_sparsifier(
     With ``resume_state`` (a saved ``DynamicSparsity.state_dict()``), the masks come from it, so
     building does not touch the restored weights, and the state is loaded.
     """
-    if options.get("backend", "masked") != "masked":
-        raise SparsenetsError(
-            f"the framework callbacks run on backend 'masked' (got {options['backend']!r}): the framework "
-            f"holds the model's dense parameters; for CSR layers build the sparsifier yourself and pass "
-            f"sparsifier.wrap() as the optimizer"
-        )
-    if "total_steps" in options:
-        raise SparsenetsError("total_steps is taken from the trainer (its planned optimizer steps); do not pass it")
+    options = callback_options(options)
     masks = None
     if resume_state is not None:
         masks = {key.partition("/")[2]: value.bool() for key, value in resume_state["masks"].items()

@@ -31,7 +31,7 @@ import torch
 
 from ..errors import SparsenetsError
 from ..io import atomic_path
-from . import build_sparsifier
+from . import build_sparsifier, callback_options
 
 try:
     from transformers import TrainerCallback
@@ -68,9 +68,7 @@ class SparsityCallback(TrainerCallback):
     """
 
     def __init__(self, **options: Any):
-        if "density" not in options:
-            raise SparsenetsError("SparsityCallback needs density= (the share of weights kept, in (0, 1])")
-        self.options = options
+        self.options = callback_options(options)
         self.sparsifier = None
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):

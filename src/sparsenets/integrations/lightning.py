@@ -25,7 +25,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import SparsenetsError
-from . import build_sparsifier
+from . import build_sparsifier, callback_options
 
 try:
     import lightning.pytorch as pl
@@ -51,9 +51,7 @@ class SparsityCallback(pl.Callback):
     """
 
     def __init__(self, **options: Any):
-        if "density" not in options:
-            raise SparsenetsError("SparsityCallback needs density= (the share of weights kept, in (0, 1])")
-        self.options = options
+        self.options = callback_options(options)
         self.sparsifier = None
         self._resume: dict[str, Any] | None = None
         self._handle = None
