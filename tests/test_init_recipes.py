@@ -42,3 +42,12 @@ def test_init_errors():
         build_config(digits_config("static", sparsity={"init": "snipp"}))
     with pytest.raises(SparsenetsError, match="starts dense"):
         build_config(digits_config("gmp", sparsity={"init": "snip"}))
+
+
+def test_the_shipped_init_recipe_is_valid():
+    from pathlib import Path
+
+    from sparsenets.config import load_recipe
+
+    config = load_recipe(Path(__file__).resolve().parent.parent / "recipes" / "fashion_mnist_mlp_synflow.yaml", [])
+    assert config.sparsity.init == "synflow" and config.sparsity.method == "static"
