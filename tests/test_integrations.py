@@ -95,35 +95,40 @@ def run_wrapper():
     return result(model, s), s
 
 
-def run_hf(tmp_path, accumulation=1, n_batches=STEPS):
+def hf_trainer(output_dir, model, callbacks, *, accumulation=1, n_batches=STEPS, save_steps=None):
+    """A Trainer over ``model`` fed the plain loop's batches in order, SGD at a constant rate."""
     transformers = pytest.importorskip("transformers")
     from torch.utils.data import SequentialSampler
-
-    from sparsenets.integrations.hf import SparsityCallback
 
     class InOrder(transformers.Trainer):  # the plain loop's batch order
         def _get_train_sampler(self, *args, **kwargs):
             return SequentialSampler(self.train_dataset)
 
+    x, y = data(n_batches)
+    optimizer = sgd(model)
+    saving = {"save_strategy": "steps", "save_steps": save_steps} if save_steps else {"save_strategy": "no"}
+    args = transformers.TrainingArguments(
+        output_dir=str(output_dir), per_device_train_batch_size=BATCH, max_steps=n_batches // accumulation,
+        gradient_accumulation_steps=accumulation, max_grad_norm=0.0, logging_strategy="no", report_to=[],
+        use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0, **saving,
+    )
+    return InOrder(model=model, args=args, train_dataset=[{"x": a, "labels": b} for a, b in zip(x, y)],
+                   optimizers=(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)),
+                   callbacks=callbacks)
+
+
+def run_hf(tmp_path, accumulation=1, n_batches=STEPS):
+    transformers = pytest.importorskip("transformers")
+
+    from sparsenets.integrations.hf import SparsityCallback
+
     class Check(transformers.TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
             check_invariants(sparsity.sparsifier)
 
-    x, y = data(n_batches)
     model = Net()
-    optimizer = sgd(model)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path / "hf"), per_device_train_batch_size=BATCH, max_steps=n_batches // accumulation,
-        gradient_accumulation_steps=accumulation, max_grad_norm=0.0, logging_strategy="no", save_strategy="no",
-        report_to=[], use_cpu=True, disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-    )
     sparsity = SparsityCallback(**OPTIONS)
-    trainer = InOrder(
-        model=model, args=args, train_dataset=[{"x": a, "labels": b} for a, b in zip(x, y)],
-        optimizers=(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)),
-        callbacks=[sparsity, Check()],
-    )
-    trainer.train()
+    hf_trainer(tmp_path / "hf", model, [sparsity, Check()], accumulation=accumulation, n_batches=n_batches).train()
     return result(model, sparsity.sparsifier), sparsity.sparsifier
 
 
@@ -318,36 +323,17 @@ def test_callbacks_need_a_density_and_the_masked_backend():
         build_sparsifier(model, sgd(model), 10, {"density": 0.5, "total_steps": 3})
 
 
-def _hf_trainer(tmp_path, model, sparsity, max_steps=STEPS):
-    transformers = pytest.importorskip("transformers")
-    from torch.utils.data import SequentialSampler
-
-    class InOrder(transformers.Trainer):
-        def _get_train_sampler(self, *args, **kwargs):
-            return SequentialSampler(self.train_dataset)
-
-    x, y = data()
-    optimizer = sgd(model)
-    args = transformers.TrainingArguments(
-        output_dir=str(tmp_path), per_device_train_batch_size=BATCH, max_steps=max_steps, max_grad_norm=0.0,
-        logging_strategy="no", save_strategy="steps", save_steps=6, report_to=[], use_cpu=True,
-        disable_tqdm=True, remove_unused_columns=False, dataloader_num_workers=0,
-    )
-    return InOrder(model=model, args=args, train_dataset=[{"x": a, "labels": b} for a, b in zip(x, y)],
-                   optimizers=(optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)),
-                   callbacks=[sparsity])
-
-
 def test_hf_trainer_resumes_the_sparsifier_from_a_checkpoint(tmp_path):
     pytest.importorskip("transformers")
     from sparsenets.integrations.hf import STATE_FILE, SparsityCallback
 
     full_model, full = Net(), SparsityCallback(**OPTIONS)
-    _hf_trainer(tmp_path / "full", full_model, full).train()
+    hf_trainer(tmp_path / "full", full_model, [full], save_steps=6).train()
     assert (tmp_path / "full" / "checkpoint-6" / STATE_FILE).is_file()
 
     resumed_model, resumed = Net(seed=7), SparsityCallback(**OPTIONS)  # other init: weights come from the checkpoint
-    _hf_trainer(tmp_path / "full", resumed_model, resumed).train(resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
+    hf_trainer(tmp_path / "full", resumed_model, [resumed], save_steps=6).train(
+        resume_from_checkpoint=str(tmp_path / "full" / "checkpoint-6"))
     assert resumed.sparsifier.step_count == STEPS
     assert [r["step"] for r in resumed.sparsifier.history] == [3, 6, 9]
     for name in full.sparsifier.masks:
