@@ -145,7 +145,7 @@ def run_lottery(
     lottery = config.lottery
     if lottery is None:
         raise SparsenetsError("run_lottery needs a recipe with a lottery: block")
-    trainer = Trainer.build(config, masks=None)
+    trainer = Trainer.build(config, init_masks=False)  # validates, and names the target layers
     names = list(trainer.sparsifier.masks)
     total_steps = trainer.steps_per_epoch * config.epochs
     k = lottery.rewind_step
