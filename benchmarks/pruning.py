@@ -54,6 +54,15 @@ def recipe(model: str, args: argparse.Namespace, epochs: int, sparsity: dict) ->
     }
 
 
+def run_or_reuse(config, run_dir: Path, args: argparse.Namespace) -> dict:
+    """Train ``config`` in ``run_dir``; with ``--reuse``, a finished run of the same config is read
+    back instead (to complete an interrupted benchmark)."""
+    summary_path = run_dir / "summary.json"
+    if args.reuse and summary_path.is_file() and (run_dir / "config.yaml").read_text() == config.to_yaml():
+        return json.loads(summary_path.read_text())
+    return run_training(config, run_dir, overwrite=True, progress=False)
+
+
 def one_shot(model: str, name: str, sparsity: float, args: argparse.Namespace) -> dict:
     density = round(1 - sparsity, 6)
     if name == "dense":
@@ -65,7 +74,7 @@ def one_shot(model: str, name: str, sparsity: float, args: argparse.Namespace) -
         spec = {"method": "static", "density": density, "init": init,
                 **({"init_allocation": allocation} if allocation else {})}
     config = build_config(recipe(model, args, args.epochs, spec))
-    summary = run_training(config, Path(args.out_dir) / f"{model}-{name}-{sparsity}", overwrite=True, progress=False)
+    summary = run_or_reuse(config, Path(args.out_dir) / f"{model}-{name}-{sparsity}", args)
     return {"model": model, "method": name, "sparsity": sparsity if name != "dense" else 0.0,
             "test_accuracy": summary["test_accuracy"], "density": summary["density"],
             "seconds": summary["train_seconds"]}
@@ -76,7 +85,7 @@ def lottery(model: str, allocation: str, args: argparse.Namespace) -> tuple[list
     config = build_config({**recipe(model, args, args.round_epochs, spec),
                            "lottery": {"prune_fraction": 0.2, "rewind_step": args.rewind_step, "allocation": allocation}})
     run_dir = Path(args.out_dir) / f"{model}-imp-{allocation}"
-    summary = run_training(config, run_dir, overwrite=True, progress=False)
+    summary = run_or_reuse(config, run_dir, args)
     return summary["lottery"]["rounds"], run_dir, config
 
 
@@ -98,7 +107,8 @@ def pools(model: str, rounds: list[dict], run_dir: Path, config, args: argparse.
     for sparsity in args.sparsities:
         target = nearest_round(rounds, sparsity)
         weights, masks, steps = lottery_pool(tickets, target["round"], names, target["density"], validate,
-                                             generator=generator(args.seed, target["round"], Stream.IMP_TIES))
+                                             generator=generator(args.seed, target["round"], Stream.IMP_TIES),
+                                             max_candidates=args.pool_candidates)
         trainer.model.load_state_dict(weights)
         rows.append({"model": model, "method": "lottery-pools", "sparsity": round(1 - target["density"], 4),
                      "test_accuracy": trainer.evaluate()["test_accuracy"], "density": target["density"],
@@ -170,6 +180,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", default=str(OUT / "pruning.json"))
     parser.add_argument("--png", default=str(ROOT / "docs" / "img" / "pruning.png"))
     parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--reuse", action="store_true", help="read back finished runs of the same config")
+    parser.add_argument("--pool-candidates", type=int, default=None,
+                        help="Lottery Pools: only the N rounds nearest the target (default: all)")
     args = parser.parse_args(argv)
     rows: list[dict] = []
     started = time.perf_counter()

@@ -222,3 +222,11 @@ def test_lottery_pools_run_on_a_validation_split_disjoint_from_train_and_test(tm
     assert all("validation_accuracy" in r for r in summary["lottery"]["rounds"])
     with pytest.raises(SparsenetsError, match="set validation_size"):
         build_config(lottery_config(pools=True))
+
+
+def test_pool_candidates_can_be_limited():
+    from sparsenets.lottery_pools import lottery_pool
+
+    tickets = [{"w": torch.tensor([float(i), 1.0, 2.0, 3.0])} for i in range(4)]
+    _, _, steps = lottery_pool(tickets, 3, ["w"], 0.5, lambda w: 0.0, max_candidates=2)
+    assert [s["round"] for s in steps] == [3, 2, 1]

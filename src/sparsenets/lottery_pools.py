@@ -56,6 +56,7 @@ def lottery_pool(
     *,
     alphas: Sequence[float] = ALPHAS,
     generator: torch.Generator | None = None,
+    max_candidates: int | None = None,
 ) -> tuple[Weights, dict[str, torch.Tensor], list[dict[str, Any]]]:
     """Greedy Lottery Pool around ticket ``target``.
 
@@ -67,6 +68,7 @@ def lottery_pool(
         validate: ``weights -> validation accuracy``.
         alphas: interpolation weights of the pool (the candidate gets ``1 − α``).
         generator: tie-breaking of the re-pruning.
+        max_candidates: only the this many rounds nearest ``target`` (default: every round).
 
     Returns:
         ``(weights, masks, steps)``: the pool, its masks, and one record per candidate
@@ -75,7 +77,7 @@ def lottery_pool(
     pool, masks = reprune(tickets[target], names, density, generator)
     best = validate(pool)
     steps: list[dict[str, Any]] = [{"round": target, "alpha": 1.0, "validation_accuracy": best, "taken": True}]
-    for index in candidate_order(target, len(tickets)):
+    for index in candidate_order(target, len(tickets))[:max_candidates]:
         tried = []
         for alpha in alphas:
             weights, candidate_masks = reprune(interpolate(pool, tickets[index], alpha), names, density, generator)
