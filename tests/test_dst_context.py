@@ -232,7 +232,7 @@ def test_a_new_storage_format_is_measured_once_it_answers_the_protocol():
 def test_gmp_exposes_only_options_that_act():
     assert set(GMP().options()) == {"update_every", "end_fraction", "initial_density", "start_fraction"}
     assert set(GraNet().options()) == set(GMP().options()) | {
-        "drop_fraction", "drop_schedule", "explore", "regrow_init"}
+        "drop_fraction", "drop_schedule", "explore", "regrow_init", "regrow_std"}
     model = nn.Sequential(nn.Linear(4, 4))
     with pytest.raises(SparsenetsError, match="unknown option 'drop_fraction' for method 'gmp'"):
         DynamicSparsity(model, torch.optim.SGD(model.parameters(), lr=0.1), density=0.5,

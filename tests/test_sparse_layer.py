@@ -232,3 +232,21 @@ def test_state_dict_with_new_topology_loads():
 def test_property_matches_masked_dense(out_f, in_f, density, batch, bias, seed):
     dense, sparse, mask = _pair(out_f, in_f, density, bias=bias, dtype=torch.float64, seed=seed)
     _check_same(dense, sparse, mask, (batch,), torch.float64)
+
+
+def test_set_topology_with_new_nnz_while_the_last_graph_is_alive():
+    """A loop holds the previous ``loss`` (and its graph) while it runs the next forward: a
+    topology with another nnz in between must not break that backward (autograd's cached
+    gradient accumulator of ``values`` still has the old shape)."""
+    torch.manual_seed(0)
+    layer = SparseLinear.from_dense(nn.Linear(8, 6), torch.rand(6, 8) < 0.5)
+    x = torch.randn(4, 8)
+    loss = layer(x).square().sum()
+    loss.backward()
+    smaller = layer.mask()
+    smaller[:, :3] = False
+    layer.set_topology(smaller, layer.dense_weight())
+    new_loss = layer(x).square().sum()  # `loss` is still alive here
+    new_loss.backward()
+    assert layer.values.grad.shape == (int(smaller.sum()),)
+    assert loss.requires_grad

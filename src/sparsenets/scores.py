@@ -47,6 +47,38 @@ def mest_drop_score(param: torch.Tensor, grad: torch.Tensor | None, weight: floa
     return score
 
 
+def sign_sided_rank(score: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Drop score that takes the same share from the positive and the negative weights.
+
+    Each active weight gets its rank within its own sign side, divided by the side's size:
+    ``r / n_side`` in ``[0, 1)`` ascending by ``score`` (ties by position). Exactly zero weights
+    get ``-1`` (dropped first). Dropping the ``k`` lowest of these then removes about the same
+    fraction of each side, each by its own lowest scores, as SET's reference does with "the
+    largest negative and the smallest positive" weights.
+
+    Args:
+        score: (any shape) the drop score, lower = drop first (e.g. |w|).
+        weight: the weight (same shape); only its sign is read.
+        mask: bool (same shape), the active positions; inactive ones get ``+inf``.
+
+    Returns:
+        float32 tensor of ``score``'s shape.
+    """
+    flat_score = score.detach().reshape(-1).float()
+    flat_weight = weight.detach().reshape(-1)
+    active = mask.reshape(-1).to(flat_score.device)
+    rank = torch.full_like(flat_score, float("inf"))
+    rank[active & (flat_weight == 0)] = -1.0
+    for side in (flat_weight > 0, flat_weight < 0):
+        index = (side & active).nonzero().squeeze(1)
+        if index.numel():
+            order = torch.argsort(flat_score[index], stable=True)
+            ranks = torch.empty(index.numel(), device=rank.device)
+            ranks[order] = torch.arange(index.numel(), device=rank.device, dtype=torch.float32)
+            rank[index] = ranks / index.numel()
+    return rank.reshape(score.shape)
+
+
 def activation_cosine_similarity(inputs: torch.Tensor, outputs: torch.Tensor) -> torch.Tensor:
     """Cosine similarity between every output neuron and every input neuron over a batch (CTRE).
 

@@ -19,6 +19,7 @@ The hierarchy::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, Protocol
@@ -29,10 +30,10 @@ from ..errors import SparsenetsError, choice_error
 from ..masks import MaskStore
 from ..rng import Stream
 from ..schedules import DropFraction, UpdateSchedule
-from ..scores import magnitude
+from ..scores import magnitude, sign_sided_rank
 from ..select import select_bottomk, select_topk
 
-REGROW_INITS = ("zero", "random")
+REGROW_INITS = ("zero", "random", "normal")
 
 
 class SparsityContext(Protocol):
@@ -197,9 +198,9 @@ class Method:
     def check(self, total_steps: int) -> None:
         """Validate against the run length; raise :class:`SparsenetsError` on bad settings."""
 
-    def regrows_randomly(self) -> bool:
-        """Whether grown weights start at random values (else at zero)."""
-        return False
+    def regrowth_values(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | None:
+        """Dense CPU values (``shape``) grown weights start at, or None for zero."""
+        return None
 
     def make_state(self, ctx: SparsityContext) -> MethodState:
         """The method's per-run tensors (none by default)."""
@@ -261,8 +262,10 @@ class Regrowing(Scheduled):
         drop_fraction: α, the initial share of a layer's active weights dropped per update.
         drop_schedule: ``"cosine"`` (α/2·(1+cos(πt/T_end))), ``"linear"`` or ``"constant"``.
         explore: ITOP exploration — grow never-active positions before any other.
-        regrow_init: ``"zero"`` (grown weights start at 0) or ``"random"`` (drawn from
-            U(-1/√fan_in, 1/√fan_in), PyTorch's default Linear/Conv range).
+        regrow_init: ``"zero"`` (grown weights start at 0), ``"random"`` (drawn from
+            U(-1/√fan_in, 1/√fan_in), PyTorch's default Linear/Conv range) or ``"normal"``
+            (drawn from N(0, regrow_std²); SET's reference code grows at N(0, 1)/10).
+        regrow_std: the standard deviation of ``regrow_init="normal"``.
     """
 
     name: ClassVar[str] = "regrowing"
@@ -270,15 +273,24 @@ class Regrowing(Scheduled):
     drop_schedule: str = "cosine"
     explore: bool = False
     regrow_init: str = "zero"
+    regrow_std: float = 0.1
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.regrow_init not in REGROW_INITS:
             raise choice_error("regrow_init", self.regrow_init, REGROW_INITS)
+        if not self.regrow_std > 0 or math.isinf(self.regrow_std):
+            raise SparsenetsError(f"regrow_std must be a positive finite number, got {self.regrow_std}")
         DropFraction(self.drop_fraction, 1, self.drop_schedule)  # validates both
 
-    def regrows_randomly(self) -> bool:
-        return self.regrow_init == "random"
+    def regrowth_values(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | None:
+        if self.regrow_init == "random":
+            fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
+            bound = 1.0 / math.sqrt(max(fan_in, 1))
+            return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+        if self.regrow_init == "normal":
+            return torch.randn(shape, generator=generator) * self.regrow_std
+        return None
 
     def drop_fraction_at(self, ctx: SparsityContext, step: int) -> float:
         return DropFraction(self.drop_fraction, self.end_step(ctx), self.drop_schedule).value(step)
@@ -296,13 +308,27 @@ class DropAndGrow(Regrowing):
     disjoint: growth picks among positions that were inactive before the update, so a
     just-dropped weight is never regrown in the same update. A preset overrides
     :meth:`grow_score` (and maybe :meth:`drop_score` / :meth:`grow_counts`).
+
+    Args:
+        sign_sided: drop the same share of the positive and of the negative weights, each side
+            by its own lowest drop scores (SET's reference code: "the smallest positive and the
+            largest negative weights"), instead of the lowest scores of the whole layer.
+            Weights that are exactly zero go first.
     """
 
     name: ClassVar[str] = "drop_and_grow"
+    sign_sided: bool = False
 
     def drop_score(self, ctx: SparsityContext, name: str) -> torch.Tensor:
         """Score of active weights; the lowest are dropped. Default |w|."""
         return magnitude(ctx.weight(name))
+
+    def layer_drop_score(self, ctx: SparsityContext, name: str) -> torch.Tensor:
+        """:meth:`drop_score`, made a per-sign-side rank when ``sign_sided``."""
+        score = self.drop_score(ctx, name)
+        if self.sign_sided:
+            score = sign_sided_rank(score, ctx.weight(name), ctx.masks[name])
+        return score
 
     def grow_score(
         self, ctx: SparsityContext, name: str, gen: torch.Generator, n_grow: int
@@ -327,7 +353,7 @@ class DropAndGrow(Regrowing):
         return {
             name: drop_and_grow(
                 ctx.masks[name],
-                drop_score=self.drop_score(ctx, name) if drops[name] else None,
+                drop_score=self.layer_drop_score(ctx, name) if drops[name] else None,
                 grow_score=(
                     self.grow_score(ctx, name, ctx.generator(step, name, Stream.GROW), grows[name])
                     if grows[name]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -382,8 +381,7 @@ class DynamicSparsity:
             for name, new_mask in new_masks.items():
                 old_mask = self.masks[name]
                 dropped, grown = old_mask & ~new_mask, new_mask & ~old_mask
-                random_init = self.method.regrows_randomly() and bool(grown.any())
-                values = self._regrow_values(name, step) if random_init else None
+                values = self._regrow_values(name, step) if bool(grown.any()) else None
                 self.layers[name].install(new_mask, grown, values)
                 record["layers"][name] = {
                     "nnz": int(new_mask.sum()),
@@ -398,13 +396,10 @@ class DynamicSparsity:
         self.history.append(record)
         log.debug("topology update at step %d: nnz=%d grown=%d", step, record["nnz"], record["grown"])
 
-    def _regrow_values(self, name: str, step: int) -> torch.Tensor:
-        """Dense U(-1/√fan_in, 1/√fan_in) values (CPU) for ``regrow_init="random"``."""
-        shape = self.masks.shapes[name]
-        fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
-        bound = 1.0 / math.sqrt(max(fan_in, 1))
+    def _regrow_values(self, name: str, step: int) -> torch.Tensor | None:
+        """Dense CPU start values of the weights grown at ``step`` (None: zero)."""
         gen = self.generator(step, name, Stream.REGROW_VALUES)
-        return (torch.rand(shape, generator=gen) * 2 - 1) * bound
+        return self.method.regrowth_values(self.masks.shapes[name], gen)
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

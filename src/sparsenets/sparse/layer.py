@@ -157,7 +157,7 @@ class SparseLinear(nn.Module):
                 f"new_values must have shape ({nnz},) or {self.shape}, got {tuple(new_values.shape)}"
             )
         self._set_structure(build_structure(new_mask, index_dtype_for(self.shape, nnz)))
-        self.values.data = new_values.detach().to(self.values.dtype).clone()
+        _replace_data(self.values, new_values.detach().to(self.values.dtype).clone())
         self.values.grad = None
 
     def _set_structure(self, structure: CSRStructure) -> None:
@@ -176,7 +176,7 @@ class SparseLinear(nn.Module):
                 errors.append(f"{prefix}: {exc}")
                 return
             self._set_structure(structure)
-            self.values.data = self.values.data.new_empty(values.shape)
+            _replace_data(self.values, self.values.data.new_empty(values.shape))
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
 
     # -- forward / info --------------------------------------------------------------------
@@ -244,3 +244,19 @@ class SparseLinear(nn.Module):
             "nnz": self.nnz,
             "dtype": str(self.values.dtype).removeprefix("torch."),
         }
+
+
+def _replace_data(param: nn.Parameter, data: torch.Tensor) -> None:
+    """``param.data = data`` when the number of values may change.
+
+    Autograd caches a leaf's gradient accumulator, with the leaf's shape, for as long as any
+    graph that used the leaf is alive — e.g. the previous batch's ``loss`` that a training loop
+    still holds while it runs the next forward. A forward on the new, differently sized data
+    would then fail in backward ("expected shape compatible with …"). PyTorch drops the cached
+    accumulator when the data's dtype changes, so the data passes through another dtype first.
+    """
+    if data.shape != param.data.shape:
+        other = torch.float64 if data.dtype != torch.float64 else torch.float32
+        param.data = torch.empty(0, dtype=other, device=data.device)
+    param.data = data
+
