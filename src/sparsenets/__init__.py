@@ -36,9 +36,20 @@ from .targets import find_targets
 
 __version__ = "0.1.0"
 
+#: Feature selectors, imported on first use (they load scikit-learn).
+_FEATSEL = ("QuickSelection", "WAST", "NeuroFS", "NeuronAttribution")
+
+
+def __getattr__(name: str):
+    if name in _FEATSEL:
+        from . import featsel
+
+        return getattr(featsel, name)
+    raise AttributeError(f"module 'sparsenets' has no attribute {name!r}")
+
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
-    "LayerReport", "MaskStore", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
+    "LayerReport", "MaskStore", "NeuroFS", "NeuronAttribution", "QuickSelection", "WAST", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
     "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
     "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "prune_at_init", "report",
     "save_sparse", "to_dense", "to_sparse", "__version__",

@@ -129,7 +129,7 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         fork = [torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
-            data = torch.as_tensor(x, dtype=torch.float32)
+            data = torch.from_numpy(np.array(x, dtype=np.float32))
             if self.standardize:
                 data = standardize(data)
             data = data.to(device)
@@ -146,7 +146,9 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         return self
 
     def _validate_input(self, X: Any, y: Any) -> tuple[np.ndarray, np.ndarray | None]:
-        if np.ndim(X) == 1:
+        shape = getattr(X, "shape", None)
+        flat_list = isinstance(X, list | tuple) and len(X) > 0 and np.isscalar(X[0])
+        if (shape is not None and len(shape) == 1) or flat_list:
             raise SparsenetsError(
                 f"X must be 2-D (n_samples, n_features), got a 1-D array of length {len(X)}; "
                 f"use X.reshape(-1, 1) for a single feature or X.reshape(1, -1) for a single sample"
@@ -156,7 +158,8 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
             if self.supervised:
                 if y is None:
                     raise SparsenetsError(
-                        f"{type(self).__name__} is supervised: fit(X, y) needs the class labels y"
+                        f"{type(self).__name__} requires y to be passed, but the target y is None "
+                        f"(it is supervised: fit(X, y) with the class labels)"
                     )
                 x, y = validate_data(self, X, y, dtype=np.float64, ensure_min_samples=2)
             else:
@@ -172,7 +175,7 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
             raise SparsenetsError(
-                f"y holds a single class ({self.classes_[0]!r}); {type(self).__name__} is "
+                f"y holds a single class ({self.classes_[0].tolist()!r}); {type(self).__name__} is "
                 f"supervised and needs at least 2 classes"
             )
         return x, encoder.transform(y)
@@ -206,11 +209,20 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         seed: int,
     ) -> DynamicSparsity | None:
         """A :class:`DynamicSparsity` over the named weights at these densities (None when every
-        density is 1: the network stays dense)."""
+        density is 1: the network stays dense).
+
+        The sparse weights, drawn by PyTorch for the dense fan-in, are first scaled by
+        1/√density, so that each neuron's input keeps the variance it has in a dense layer
+        (the sparsity-aware initialization of Evci et al., 2022); without it a deep sparse MLP
+        at a few percent density starts with vanishing activations and barely trains.
+        """
         sparse = {name: d for name, d in densities.items() if d < 1.0}
         if not sparse:
             return None
         shapes = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, d in sparse.items():
+                shapes[name].mul_(d ** -0.5)
         total = sum(shapes[n].numel() for n in sparse)
         density = sum(d * shapes[n].numel() for n, d in sparse.items()) / total
         sparsifier = DynamicSparsity(
@@ -256,7 +268,7 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
                 loss, extra = loss_of(index)
                 if not torch.isfinite(loss):
                     raise SparsenetsError(
-                        f"{type(self).__name__}: the training loss became {float(loss)} in epoch "
+                        f"{type(self).__name__}: the training loss became {float(loss.detach())} in epoch "
                         f"{epoch + 1}; lower learning_rate (now {self.learning_rate})"
                     )
                 loss.backward()
