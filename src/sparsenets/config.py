@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -164,20 +165,23 @@ class TrainConfig(BaseModel):
     dataset: str = "fashion_mnist"
     data_dir: str | None = None
     model: str = "mlp"
-    hidden: list[int] = [1024, 512]
+    hidden: list[Annotated[int, Field(gt=0)]] = [1024, 512]
     activation: str = "relu"
-    channels: list[int] = [32, 64]
+    channels: list[Annotated[int, Field(gt=0)]] = [32, 64]
     epochs: int = 10
     batch_size: int = 128
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
+    lr: float = Field(0.05, gt=0, allow_inf_nan=False)
+    momentum: float = Field(0.9, ge=0, lt=1, allow_inf_nan=False)
+    weight_decay: float = Field(5e-4, ge=0, allow_inf_nan=False)
     lr_schedule: Literal["cosine", "constant"] = "cosine"
-    label_smoothing: float = 0.0
+    label_smoothing: float = Field(0.0, ge=0, lt=1, allow_inf_nan=False)
     seed: int = 0
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = Field(None, gt=0)
+    #: a step whose loss or gradients are not finite: ``error`` (stop, naming the step and the
+    #: first such parameter; the last checkpoint stays) or ``skip`` (no update; counted).
+    nonfinite: Literal["error", "skip"] = "error"
     #: ``masked`` (dense weights times masks), ``sparse`` (CSR nn.Linear layers) or ``auto``.
     backend: str = "masked"
     #: per-step loggers: ``csv`` (``steps.csv``), ``tensorboard``; ``[]`` logs no steps.

@@ -37,8 +37,15 @@ def write_text(path: str | Path, text: str) -> None:
 
 
 def write_json(path: str | Path, data: Any) -> None:
-    """Write ``data`` as indented JSON atomically."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+    """Write ``data`` as indented, strict JSON atomically (NaN and ±inf become null)."""
+    write_text(path, json_text(data, indent=2) + "\n")
+
+
+def json_text(data: Any, indent: int | None = None) -> str:
+    """Strict JSON: non-finite floats become ``null`` (``NaN`` is not JSON)."""
+    from .finite import finite_or_none
+
+    return json.dumps(finite_or_none(data), indent=indent, allow_nan=False)
 
 
 def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata: dict[str, str] | None = None) -> None:

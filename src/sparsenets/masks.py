@@ -48,7 +48,7 @@ class MaskStore(Mapping[str, torch.Tensor]):
         }
         # Float copies of the masks per dtype: multiplying by a float mask is ~100x faster
         # than by a bool mask on CPU. Invalidated whenever a mask changes.
-        self._multipliers: dict[tuple[str, torch.dtype], torch.Tensor] = {}
+        self._inactive: dict[str, torch.Tensor] = {}
         self._compact: set[str] = set()
         # Materialized masks of compact layers, only inside ``expanded()``.
         self._expanded: dict[str, torch.Tensor] | None = None
@@ -135,8 +135,7 @@ class MaskStore(Mapping[str, torch.Tensor]):
             )
 
     def _invalidate(self, name: str) -> None:
-        for key in [k for k in self._multipliers if k[0] == name]:
-            del self._multipliers[key]
+        self._inactive.pop(name, None)
         if self._expanded is not None:
             self._expanded.pop(name, None)
 
@@ -165,24 +164,27 @@ class MaskStore(Mapping[str, torch.Tensor]):
         self._device = torch.device(device)
         self._masks = {n: m.to(self._device) for n, m in self._masks.items()}
         self._ever_active = {n: m.to(self._device) for n, m in self._ever_active.items()}
-        self._multipliers.clear()
+        self._inactive.clear()
         if self._expanded is not None:
             self._expanded.clear()
         return self
 
     # -- applying ----------------------------------------------------------------------------
-    def multiplier(self, name: str, dtype: torch.dtype) -> torch.Tensor:
-        """The mask of ``name`` as 0/1 values of ``dtype`` (cached until the mask changes).
-
-        Dense layers only: a compact layer has no dense parameter to multiply.
-        """
+    def inactive(self, name: str) -> torch.Tensor:
+        """``~mask`` of ``name``, bool (cached until the mask changes). Dense layers only."""
         if name in self._compact:
-            raise SparsenetsError(f"{name!r} is kept compact (sparse backend): it has no dense multiplier")
-        key = (name, dtype)
-        cached = self._multipliers.get(key)
+            raise SparsenetsError(f"{name!r} is kept compact (sparse backend): it has no dense inactive set")
+        cached = self._inactive.get(name)
         if cached is None:
-            cached = self._multipliers[key] = self[name].to(dtype)
+            cached = self._inactive[name] = ~self[name]
         return cached
+
+    def zero_inactive_(self, name: str, tensor: torch.Tensor) -> torch.Tensor:
+        """Set ``tensor`` (the parameter's shape) to exactly 0 at the inactive positions of
+        ``name``, in place, whatever it holds there: ``masked_fill``, not a multiplication by
+        the mask (NaN · 0 is NaN, so one non-finite step would otherwise leak into inactive
+        weights)."""
+        return tensor.masked_fill_(self.inactive(name).to(tensor.device), 0)
 
     @torch.no_grad()
     def apply_(self, model: nn.Module) -> None:
@@ -198,8 +200,7 @@ class MaskStore(Mapping[str, torch.Tensor]):
         for name in self._masks:
             if name in self._compact:
                 continue
-            param = params[name]
-            param.mul_(self.multiplier(name, param.dtype))
+            self.zero_inactive_(name, params[name])
 
     # -- measuring ---------------------------------------------------------------------------
     @property

@@ -17,7 +17,6 @@ updates), so a resumed run produces exactly the weights of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import shutil
@@ -37,7 +36,9 @@ from .data import Dataset, batches, load_dataset
 from .data.base import hold_out
 from .dst import DynamicSparsity
 from .errors import SparsenetsError
+from .finite import first_nonfinite
 from .io import (
+    json_text,
     load_tensors,
     load_torch,
     replace_dir,
@@ -165,7 +166,7 @@ class Trainer:
         only part of the epoch, in the same order (rewinding and resuming start mid-epoch)."""
         cfg, model = self.config, self.model
         model.train()
-        total_loss, correct, seen = 0.0, 0, 0
+        total_loss, correct, seen, skipped = 0.0, 0, 0, 0
         bar = tqdm(
             self.epoch_batches(epoch, first_step),
             total=self.steps_per_epoch,
@@ -181,10 +182,24 @@ class Trainer:
             logits = model(xb)
             loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
             loss.backward()
-            if self.sparsifier is not None:
+            bad = first_nonfinite(loss, model)
+            if bad is not None and cfg.nonfinite == "error":
+                raise SparsenetsError(
+                    f"non-finite {bad} at step {step} (epoch {epoch}); the run stops and its last "
+                    f"checkpoint is kept (lower lr, or --set nonfinite=skip to skip such steps)"
+                )
+            if bad is not None:  # skipped: no update, for the optimizer nor the sparsity
+                skipped += 1
+                self.optimizer.zero_grad(set_to_none=True)
+            elif self.sparsifier is not None:
                 self.sparsifier.step()
             else:
                 self.optimizer.step()
+            if bad is None and (broken := first_nonfinite(None, model, grads=False)) is not None:
+                raise SparsenetsError(
+                    f"non-finite {broken} after the optimizer step {step} (epoch {epoch}); "
+                    f"the run stops and its last checkpoint is kept (lower lr)"
+                )
             self.scheduler.step()
             step_loss = loss.item()
             if steps is not None:
@@ -195,8 +210,8 @@ class Trainer:
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         bar.close()
         if not seen:
-            return {"train_loss": float("nan"), "train_accuracy": float("nan")}
-        return {"train_loss": total_loss / seen, "train_accuracy": correct / seen}
+            return {"train_loss": float("nan"), "train_accuracy": float("nan"), "skipped_steps": 0}
+        return {"train_loss": total_loss / seen, "train_accuracy": correct / seen, "skipped_steps": skipped}
 
     def advance_schedule(self, steps: int) -> None:
         """Put the learning-rate schedule where it is after ``steps`` optimizer steps."""
@@ -418,7 +433,7 @@ def checkpoint_backends(path: Path) -> dict[str, str] | None:
 
 
 def _json_line(record: dict[str, Any]) -> str:
-    return json.dumps(record) + "\n"
+    return json_text(record) + "\n"
 
 
 def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict[str, Any]:
@@ -456,6 +471,7 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
         "topology_seconds": topology_seconds,
         "topology_overhead": topology_seconds / state["train_seconds"] if state["train_seconds"] else 0.0,
         "topology_updates": len(sparsifier.history) if sparsifier is not None else 0,
+        "skipped_steps": sum(int(e.get("skipped_steps", 0)) for e in state["epochs"]),
         "backend": config.backend,
         "backends": dict(sparsifier.backends) if sparsifier is not None else {},
         "device": str(trainer.device),

@@ -108,11 +108,11 @@ class MaskedLayer:
     def before_optimizer_step(self) -> None:
         grad = self.param.grad
         if grad is not None:
-            grad.mul_(self.masks.multiplier(self.name, grad.dtype))
+            self.masks.zero_inactive_(self.name, grad)
 
     @torch.no_grad()
     def after_optimizer_step(self) -> None:
-        self.param.mul_(self.masks.multiplier(self.name, self.param.dtype))
+        self.masks.zero_inactive_(self.name, self.param.data)
 
     @torch.no_grad()
     def install(self, new_mask: torch.Tensor, grown: torch.Tensor, grown_values: torch.Tensor | None) -> None:
@@ -124,7 +124,7 @@ class MaskedLayer:
             param.copy_(torch.where(grown, grown_values.to(param.device, param.dtype), param))
         else:
             param.masked_fill_(grown, 0)
-        param.mul_(self.masks.multiplier(self.name, param.dtype))
+        self.masks.zero_inactive_(self.name, param.data)
 
 
 class CSRLayer:

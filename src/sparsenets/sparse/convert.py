@@ -74,7 +74,7 @@ def to_sparse(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Module:
         for key, mask in masks.items():
             if key not in converted:
                 param = new_params[key]
-                param.mul_(mask.to(device=param.device, dtype=param.dtype))
+                param.masked_fill_(~mask.to(param.device), 0)
     log.debug("to_sparse: %d linear layers converted", len(converted))
     return result
 

@@ -1,0 +1,112 @@
+"""Non-finite steps, strict JSON and validated recipe values (issue: reliability)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+from sparsenets import DynamicSparsity
+from sparsenets.cli import main
+from sparsenets.finite import finite_or_none, first_nonfinite
+from sparsenets.io import json_text
+
+ROOT = Path(__file__).resolve().parent.parent
+RIGL = str(ROOT / "recipes" / "fashion_mnist_mlp_rigl.yaml")
+
+
+def _strict(text: str):
+    def refuse(constant):
+        raise ValueError(f"non-strict JSON constant {constant}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("method", ["set", "rigl", "snfs"])
+def test_a_nan_step_never_reaches_inactive_weights_or_their_state(method):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(12, 10), nn.ReLU(), nn.Linear(10, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    s = DynamicSparsity(model, opt, density=0.3, total_steps=4, method=method, update_every=100)
+    x = torch.randn(5, 12)
+    model(x).sum().backward()
+    s.step()
+    (model(x).sum() * float("nan")).backward()  # a NaN gradient everywhere
+    s.step()
+    for name in s.masks:
+        weight = dict(model.named_parameters())[name]
+        inactive = ~s.masks[name]
+        assert bool((weight.detach()[inactive] == 0).all()), name
+        buf = opt.state[weight]["momentum_buffer"]
+        assert bool((buf[inactive] == 0).all()), name
+
+
+def test_first_nonfinite_names_what_and_where():
+    model = nn.Sequential(nn.Linear(2, 2), nn.Linear(2, 1))
+    loss = model(torch.ones(1, 2)).sum()
+    assert first_nonfinite(loss, model) is None
+    loss.backward()
+    model[1].weight.grad[0, 0] = float("inf")
+    assert first_nonfinite(loss, model) == "gradient of '1.weight'"
+    assert first_nonfinite(torch.tensor(float("nan")), model) == "loss (nan)"
+    with torch.no_grad():
+        model[0].bias[1] = float("nan")
+    assert first_nonfinite(None, model, grads=False) == "weights of '0.bias'"
+
+
+def test_json_is_strict():
+    data = {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": -float("inf")}, "e": 2}
+    assert finite_or_none(data) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2}
+    assert _strict(json_text(data)) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 2}
+
+
+def _recipe(tmp_path: Path, **extra) -> Path:
+    recipe = {
+        "dataset": "digits", "model": "mlp", "hidden": [16], "epochs": 1, "batch_size": 200,
+        "optimizer": "sgd", "lr": 0.05, "sparsity": {"method": "set", "density": 0.5, "update_every": 2},
+        **extra,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    return path
+
+
+def test_a_diverging_run_stops_naming_the_step(capsys, tmp_path):
+    recipe = _recipe(tmp_path, lr=1e30)
+    code = main(["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code != 0
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in err, err
+    assert "non-finite" in lines[0] and "at step" in lines[0]
+    assert not (tmp_path / "run" / "summary.json").exists()
+
+
+def test_skipping_nonfinite_steps_is_counted(capsys, tmp_path):
+    recipe = _recipe(tmp_path, lr=1e30, nonfinite="skip")
+    code = main(["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    capsys.readouterr()
+    assert code == 0
+    run = tmp_path / "run"
+    summary = _strict((run / "summary.json").read_text())
+    assert summary["skipped_steps"] >= 1
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        _strict(line)
+
+
+@pytest.mark.parametrize("item, fragment", [
+    ("lr=nan", "'lr'"), ("lr=inf", "'lr'"), ("lr=0", "'lr'"), ("weight_decay=-1", "'weight_decay'"),
+    ("momentum=-1", "'momentum'"), ("momentum=1", "'momentum'"), ("threads=-1", "'threads'"),
+    ("hidden=[-5]", "'hidden.0'"), ("label_smoothing=2", "'label_smoothing'"),
+    ("nonfinite=maybe", "'nonfinite'"),
+])
+def test_recipe_values_are_validated_before_anything_is_written(capsys, tmp_path, item, fragment):
+    code = main(["train", RIGL, "--set", item, "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
