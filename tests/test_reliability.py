@@ -110,3 +110,69 @@ def test_recipe_values_are_validated_before_anything_is_written(capsys, tmp_path
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and fragment in err and "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+# -- resume refusals and the checkpoint swap --------------------------------------------------
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("run")
+    recipe = _recipe(tmp, epochs=2)
+    assert main(["train", str(recipe), "--out", str(tmp / "run"), "--quiet"]) == 0
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("item, key", [
+    ("sparsity.method=rigl", "sparsity.method"), ("seed=1", "seed"), ("dataset=mnist1d", "dataset"),
+    ("sparsity.density=0.05", "sparsity.density"), ("backend=sparse", "backend"), ("lr=0.1", "lr"),
+    ("epochs=5", "epochs"),
+])
+def test_refused_resume_changes_nothing(capsys, finished_run, item, key):
+    before = {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()}
+    code = main(["train", "--resume", str(finished_run), "--set", item, "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and f"--resume cannot change {key!r}" in err and len(err.strip().splitlines()) == 1
+    after = {p.name: p.read_bytes() for p in finished_run.iterdir() if p.is_file()}
+    assert after == before
+
+
+def test_checkpoint_swap_is_recoverable_at_every_point(tmp_path):
+    from sparsenets.io import recover_dir, replace_dir
+
+    target = tmp_path / "checkpoint"
+
+    def fill(version):
+        return lambda d: (d / "state.pt").write_text(version)
+
+    replace_dir(target, fill("v1"))
+    # a crash while the new version is being written: a stale temporary directory
+    stale = tmp_path / ".checkpoint.tmp-abc123"
+    stale.mkdir()
+    (stale / "state.pt").write_text("half")
+    assert not recover_dir(target) and not stale.exists()
+    assert (target / "state.pt").read_text() == "v1"
+    # a crash between the two renames: only the previous version, moved aside
+    target.rename(tmp_path / ".checkpoint.old")
+    assert recover_dir(target)
+    assert (target / "state.pt").read_text() == "v1"
+    # a crash after the swap, before the old copy was deleted
+    (tmp_path / ".checkpoint.old").mkdir()
+    assert not recover_dir(target) and not (tmp_path / ".checkpoint.old").exists()
+    # a failing fill leaves the previous version and nothing else
+    with pytest.raises(RuntimeError):
+        replace_dir(target, lambda d: (_ for _ in ()).throw(RuntimeError("disk full")))
+    assert (target / "state.pt").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint"]
+
+
+def test_resume_after_a_crash_between_renames(capsys, tmp_path):
+    recipe = _recipe(tmp_path, epochs=2)
+    run = tmp_path / "run"
+    from sparsenets.config import load_recipe
+    from sparsenets.training import run_training
+
+    config = load_recipe(str(recipe), [])
+    run_training(config, run, stop_after_epochs=1, progress=False)
+    (run / "checkpoint").rename(run / ".checkpoint.old")  # killed between the two renames
+    summary = run_training(config, run, resume=True, progress=False)
+    assert summary["epochs"] == 2
+    assert not (run / ".checkpoint.old").exists()

@@ -71,17 +71,52 @@ def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
     return torch.load(path, map_location=device, weights_only=True)
 
 
+def _swap_names(target: Path) -> tuple[str, Path]:
+    """The prefix of ``target``'s temporary build directories and the path of its previous
+    version during a swap (both hidden, beside ``target``)."""
+    return f".{target.name}.tmp-", target.with_name(f".{target.name}.old")
+
+
 def replace_dir(target: str | Path, fill: Callable[[Path], None]) -> None:
-    """Build a directory with ``fill(tmp_dir)`` and swap it in place of ``target`` at the end."""
+    """Build a directory with ``fill(tmp_dir)`` and swap it in place of ``target`` at the end.
+
+    Crash-safe at every point, with :func:`recover_dir`: while ``fill`` runs, ``target`` is
+    untouched; the swap moves ``target`` aside to ``.NAME.old``, renames the new directory in and
+    only then deletes the old one. A crash between the two renames leaves ``.NAME.old``, which
+    :func:`recover_dir` puts back.
+    """
     target = Path(target)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    recover_dir(target)
+    prefix, old = _swap_names(target)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=target.parent))
     try:
         fill(tmp)
-        old = target.with_name(f".{target.name}.old")
         if target.exists():
-            shutil.rmtree(old, ignore_errors=True)
             os.replace(target, old)
         os.replace(tmp, target)
         shutil.rmtree(old, ignore_errors=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def recover_dir(target: str | Path) -> bool:
+    """Repair what a crash during :func:`replace_dir` left beside ``target``.
+
+    Puts the previous version back when the crash came between the two renames (``target``
+    missing, ``.NAME.old`` present), deletes a leftover ``.NAME.old`` otherwise, and removes
+    stale temporary build directories. Returns whether the previous version was restored.
+    """
+    target = Path(target)
+    prefix, old = _swap_names(target)
+    restored = False
+    if old.is_dir():
+        if target.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, target)
+            restored = True
+    if target.parent.is_dir():
+        for stale in target.parent.glob(f"{prefix}*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+    return restored

@@ -41,6 +41,7 @@ from .io import (
     json_text,
     load_tensors,
     load_torch,
+    recover_dir,
     replace_dir,
     save_tensors,
     save_torch,
@@ -363,6 +364,10 @@ def run_training(
     run_dir = Path(run_dir)
     if not resume:
         check_run_dir(run_dir, overwrite)
+    if resume:
+        check_resume_changes(resume_config(run_dir), config)
+    if resume and recover_dir(run_dir / "checkpoint"):
+        log.warning("restored the previous checkpoint of %s (a checkpoint swap was interrupted)", run_dir)
     # A resumed run keeps the per-layer layout of its checkpoint (``auto`` is not re-measured).
     backends = checkpoint_backends(run_dir / "checkpoint") if resume and config.sparsity.method != "dense" else None
     # Building validates data, device and sparsity before anything is written.
@@ -479,6 +484,34 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
         "plots": plots,
         "step_logs": {name: LOGGERS[name] for name in config.loggers},
     }
+
+
+#: recipe keys a resumed run may change: where it runs and what it logs, not what it computes.
+RESUMABLE_CHANGES = frozenset({"device", "threads", "loggers", "data_dir", "nonfinite"})
+
+
+def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(data, dict):
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            out |= _flat(value, f"{prefix}{key}.")
+        return out
+    return {prefix.rstrip("."): data}
+
+
+def check_resume_changes(original: TrainConfig, new: TrainConfig) -> None:
+    """Refuse a resume whose config changes what the run computes (method, density, schedule,
+    seed, data, model, backend, …), naming the first such key; only :data:`RESUMABLE_CHANGES`
+    may differ. Called before anything is written."""
+    before, after = _flat(original.model_dump(mode="json")), _flat(new.model_dump(mode="json"))
+    for key in sorted(set(before) | set(after)):
+        if key.split(".")[0] in RESUMABLE_CHANGES or before.get(key) == after.get(key):
+            continue
+        raise SparsenetsError(
+            f"--resume cannot change {key!r} ({before.get(key)!r} -> {after.get(key)!r}): it changes "
+            f"what the run computes; start a new run instead (resumable changes: "
+            f"{', '.join(sorted(RESUMABLE_CHANGES))})"
+        )
 
 
 def resume_config(run_dir: str | Path) -> TrainConfig:
