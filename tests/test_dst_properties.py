@@ -425,7 +425,7 @@ def test_gradual_with_custom_distribution_starts_dense(method, distribution, mak
     # initial_density=1.0 (the default) means dense-to-sparse whatever the target allocation
     model = make_mlp((8, 16, 4), 0)
     optimizer = make_optimizer("sgd", model.parameters())
-    s = DynamicSparsity(model, optimizer, density=0.2, total_steps=STEPS, method=method,
+    s = DynamicSparsity(model, optimizer, total_steps=STEPS, method=method,
                         update_every=EVERY, distribution=distribution)
     assert s.target_counts["0.weight"] < 128
     assert s.masks.nnz() == s.masks.numel(), s.initial_counts

@@ -176,3 +176,63 @@ def test_resume_after_a_crash_between_renames(capsys, tmp_path):
     summary = run_training(config, run, resume=True, progress=False)
     assert summary["epochs"] == 2
     assert not (run / ".checkpoint.old").exists()
+
+
+# -- no silent acceptance ---------------------------------------------------------------------
+def _mlp():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    return model, torch.optim.SGD(model.parameters(), lr=0.1)
+
+
+def test_a_density_that_keeps_no_weight_is_refused():
+    model, opt = _mlp()
+    from sparsenets.errors import SparsenetsError
+
+    with pytest.raises(SparsenetsError, match=r"density 1e-09 keeps no weight in layer '0.weight'"):
+        DynamicSparsity(model, opt, density=1e-9, total_steps=4, method="set")
+
+
+def test_custom_densities_fix_or_must_match_density():
+    from sparsenets.errors import SparsenetsError
+
+    model, opt = _mlp()
+    custom = {"0.weight": 0.5, "2.weight": 0.25}
+    s = DynamicSparsity(model, opt, total_steps=4, method="set", distribution=custom)
+    assert s.target_counts == {"0.weight": 64, "2.weight": 16} and s.density == pytest.approx(80 / 192)
+    with pytest.raises(SparsenetsError, match="density=0.1 contradicts the custom per-layer densities"):
+        DynamicSparsity(model, opt, density=0.1, total_steps=4, method="set", distribution=custom)
+
+
+@pytest.mark.parametrize("method", ["set", "snfs", "gmp", "mest", "ctre", "rigl", "granet", "static"])
+def test_step_without_gradients_is_an_error(method):
+    from sparsenets.errors import SparsenetsError
+
+    model, opt = _mlp()
+    options = {"update_every": 1} if method != "static" else {}
+    s = DynamicSparsity(model, opt, density=0.5, total_steps=4, method=method, **options)
+    with pytest.raises(SparsenetsError, match="no sparsified weight has a gradient; call loss.backward"):
+        s.step()
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (b"", "is empty"), (b"\x00\xff\xfe\x01", "is not a text file"), (b"- a\n- b\n", "must be a mapping"),
+])
+def test_bad_recipe_files(capsys, tmp_path, content, fragment):
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_bytes(content)
+    code = main(["train", str(recipe), "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("item, fragment", [
+    ("activation=foo", "unknown activation 'foo'"), ("name=/tmp/elsewhere", "must be a plain name"),
+    ("name=../up", "must be a plain name"),
+])
+def test_recipe_values_checked_for_every_model(capsys, tmp_path, item, fragment):
+    cnn = str(ROOT / "recipes" / "digits_cnn_rigl.yaml")
+    code = main(["train", cnn, "--set", item, "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and not (tmp_path / "run").exists()

@@ -197,6 +197,25 @@ class TrainConfig(BaseModel):
     def _loggers(cls, value: Any) -> Any:
         return logger_names(value) if value is None or isinstance(value, str | list | tuple) else value
 
+    @field_validator("activation")
+    @classmethod
+    def _activation(cls, value: str) -> str:
+        from .models.mlp import ACTIVATIONS
+
+        if value not in ACTIVATIONS:
+            raise choice_error("activation", value, ACTIVATIONS)
+        return value
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not value or "/" in value or "\\" in value or value in (".", "..") or value.startswith("~"):
+            raise SparsenetsError(
+                f"name {value!r} must be a plain name (no path separators); "
+                f"choose where the run goes with --out"
+            )
+        return value
+
     @field_validator("backend")
     @classmethod
     def _backend(cls, value: str) -> str:
@@ -335,9 +354,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
             hint = f" (recipes here: {', '.join(recipes)})"
         raise SparsenetsError(f"recipe file {str(path)!r} not found{hint}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise SparsenetsError(f"recipe {str(path)!r} is not a text file (expected YAML)") from None
     except yaml.YAMLError as error:
         raise SparsenetsError(f"recipe {str(path)!r} is not valid YAML: {str(error).splitlines()[0]}") from None
+    if data is None:
+        raise SparsenetsError(f"recipe {str(path)!r} is empty (start from one in recipes/)")
     if not isinstance(data, dict):
         raise SparsenetsError(f"recipe {str(path)!r} must be a mapping of keys to values")
     return data

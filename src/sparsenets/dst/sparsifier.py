@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,8 +45,9 @@ class DynamicSparsity:
         model: the network; its sparsified weights are zeroed at inactive positions at once.
         optimizer: optimizer over the model's parameters (SGD with momentum, Adam, AdamW, …).
         density: global density in (0, 1] of the sparsified layers (final density for GMP/GraNet).
-            May be left out when ``masks`` is given: the masks then fix the density and each
-            layer's count (the allocation is theirs).
+            May be left out when ``masks`` is given (the masks then fix the density and each
+            layer's count) or when ``distribution`` gives per-layer densities (which then fix
+            it; given as well, it must agree with them).
         total_steps: the number of ``step()`` calls planned (schedules are relative to it).
         method: a name (``static``, ``set``, ``rigl``, ``snfs``, ``mest``, ``ctre``, ``gmp``,
             ``granet``) or a :class:`~sparsenets.dst.base.Method` object.
@@ -104,8 +106,12 @@ class DynamicSparsity:
         auto_timer: Timer | None = None,
         **method_options: Any,
     ):
-        if density is None and masks is None:
-            raise SparsenetsError("density is required unless masks= gives the initial topology")
+        custom = not isinstance(distribution, str)
+        if density is None and masks is None and not custom:
+            raise SparsenetsError(
+                "density is required unless masks= gives the initial topology or distribution= "
+                "gives per-layer densities"
+            )
         self.density = None if density is None else check_density(density)
         if not isinstance(total_steps, int) or total_steps < 1:
             raise SparsenetsError(f"total_steps must be a positive integer, got {total_steps!r}")
@@ -122,7 +128,7 @@ class DynamicSparsity:
         check_optimizer_covers(optimizer, {n: all_params[n] for n in names})
         self.device = all_params[names[0]].device
         self.masks = MaskStore({n: tuple(all_params[n].shape) for n in names}, self.device)
-        if self.density is None:  # the given masks are the allocation
+        if masks is not None and density is None:  # the given masks are the allocation
             self._check_mask_names(masks)
             for name in names:
                 self.masks.set(name, masks[name])  # validated: bool, the parameter's shape
@@ -131,7 +137,11 @@ class DynamicSparsity:
             if self.density == 0:
                 raise SparsenetsError("the given masks keep no weight at all")
         else:
+            if self.density is None:  # custom per-layer densities fix the global one
+                counts = allocate_counts(self.masks.shapes, 1.0, distribution)
+                self.density = sum(counts.values()) / self.masks.numel()
             self.target_counts = allocate_counts(self.masks.shapes, self.density, distribution)
+            self._check_counts(distribution)
         self.step_count = 0
         self.history: list[dict[str, Any]] = []
         self.update_seconds = 0.0
@@ -165,6 +175,25 @@ class DynamicSparsity:
         self.masks.apply_to_({n: params[n] for n in names})
         for name in names:
             reset_state_(self.optimizer, params[name], ~self.masks[name])
+
+    def _check_counts(self, distribution: str | CustomAllocation) -> None:
+        """Refuse allocations that keep no weight in a layer, and custom densities that
+        contradict ``density``."""
+        empty = [name for name, count in self.target_counts.items() if count == 0]
+        if empty:
+            smallest = min(math.prod(self.masks.shapes[n]) for n in empty)
+            raise SparsenetsError(
+                f"density {self.density:g} keeps no weight in layer {empty[0]!r}"
+                f"{f' (and {len(empty) - 1} more)' if len(empty) > 1 else ''}; a layer needs at "
+                f"least one (density >= 1/{smallest} there)"
+            )
+        if not isinstance(distribution, str):
+            implied = sum(self.target_counts.values()) / self.masks.numel()
+            if abs(implied - self.density) > max(1e-3, 1.0 / self.masks.numel()):
+                raise SparsenetsError(
+                    f"density={self.density:g} contradicts the custom per-layer densities, which "
+                    f"keep {implied:.4g} of the weights; leave density out or make them agree"
+                )
 
     def _check_mask_names(self, masks: Mapping[str, torch.Tensor]) -> None:
         unknown = set(masks) - set(self._index)
@@ -296,6 +325,11 @@ class DynamicSparsity:
             self._finish_step()
         self._follow_device()
         step = self.step_count + 1
+        if all(layer.param.grad is None for layer in self.layers.values()):
+            raise SparsenetsError(
+                f"step {step}: no sparsified weight has a gradient; call loss.backward() before "
+                f"sparsifier.step() (and do not zero the gradients in between)"
+            )
         due = self.method.is_update(self, step)
         try:
             if due and self.method.needs_dense_grad:
