@@ -236,3 +236,84 @@ def test_recipe_values_checked_for_every_model(capsys, tmp_path, item, fragment)
     code = main(["train", cnn, "--set", item, "--out", str(tmp_path / "run"), "--quiet"])
     err = capsys.readouterr().err
     assert code == 2 and fragment in err and not (tmp_path / "run").exists()
+
+
+# -- corrupted files: one line naming the file ----------------------------------------------
+@pytest.fixture(scope="module")
+def half_run(tmp_path_factory):
+    from sparsenets.config import load_recipe
+    from sparsenets.training import run_training
+
+    tmp = tmp_path_factory.mktemp("half")
+    config = load_recipe(str(_recipe(tmp, epochs=2)), [])
+    run_training(config, tmp / "run", stop_after_epochs=1, progress=False)
+    return tmp / "run"
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "masks.safetensors", "state.pt"])
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_damaged_checkpoint_is_refused_naming_the_file(capsys, tmp_path, half_run, name, damage):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(half_run, run)
+    path = run / "checkpoint" / name
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[:100])
+    else:
+        path.write_bytes(b"\x00not a checkpoint" * 10)
+    code = main(["train", "--resume", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, err
+    assert name in lines[0]
+
+
+def test_a_malicious_pickle_is_never_loaded(capsys, tmp_path, half_run):
+    import os
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(half_run, run)
+    marker = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"x": Evil()}, run / "checkpoint" / "state.pt")
+    code = main(["train", "--resume", str(run), "--quiet"])
+    err = capsys.readouterr().err
+    assert code == 2 and "state.pt" in err and len(err.strip().splitlines()) == 1
+    assert "weights_only=False" not in err
+    assert not marker.exists()
+
+
+def test_load_sparse_on_a_truncated_file(tmp_path):
+    from sparsenets import load_sparse, save_sparse, to_sparse
+    from sparsenets.errors import SparsenetsError
+
+    model = nn.Sequential(nn.Linear(6, 4))
+    sparse = to_sparse(model, {"0.weight": torch.rand(4, 6) < 0.5})
+    path = tmp_path / "model.safetensors"
+    save_sparse(sparse, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(SparsenetsError, match="model.safetensors' is not a valid safetensors file"):
+        load_sparse(nn.Sequential(nn.Linear(6, 4)), path)
+
+
+@pytest.mark.parametrize("damage", ["not-gzip", "truncated"])
+def test_damaged_fashion_mnist_files(tmp_path, damage):
+    import gzip
+
+    from sparsenets.data.fashion_mnist import load_fashion_mnist
+    from sparsenets.errors import SparsenetsError
+
+    names = ["train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+             "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"]
+    for name in names:
+        payload = gzip.compress(b"\x00" * 4000)
+        (tmp_path / name).write_bytes(b"plain text, not gzip" if damage == "not-gzip" else payload[: len(payload) // 2])
+    with pytest.raises(SparsenetsError, match="corrupt Fashion-MNIST file") as info:
+        load_fashion_mnist(tmp_path)
+    assert "\n" not in str(info.value)

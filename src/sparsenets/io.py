@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 import tempfile
 from collections.abc import Callable, Mapping
@@ -13,6 +14,8 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+
+from .errors import SparsenetsError
 
 
 @contextmanager
@@ -56,8 +59,31 @@ def save_tensors(path: str | Path, tensors: Mapping[str, torch.Tensor], metadata
 
 
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
-    """Load a safetensors file."""
-    return load_file(str(path), device=str(device))
+    """Load a safetensors file; a missing, truncated or corrupted one gives a one-line error
+    naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparsenetsError(f"{str(path)!r} not found")
+    try:
+        return load_file(str(path), device=str(device))
+    except Exception as error:  # SafetensorError, OSError, …: the file is not usable
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise SparsenetsError(f"{str(path)!r} is not a valid safetensors file ({reason})") from None
+
+
+def safetensors_metadata(path: str | Path) -> dict[str, str]:
+    """The metadata of a safetensors file (one-line error naming a missing or damaged file)."""
+    from safetensors import safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise SparsenetsError(f"{str(path)!r} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return handle.metadata() or {}
+    except Exception as error:
+        reason = " ".join(str(error).split()) or type(error).__name__
+        raise SparsenetsError(f"{str(path)!r} is not a valid safetensors file ({reason})") from None
 
 
 def save_torch(path: str | Path, obj: Any) -> None:
@@ -67,8 +93,26 @@ def save_torch(path: str | Path, obj: Any) -> None:
 
 
 def load_torch(path: str | Path, device: str | torch.device = "cpu") -> Any:
-    """``torch.load`` with ``weights_only=True``: plain containers and tensors only."""
-    return torch.load(path, map_location=device, weights_only=True)
+    """``torch.load`` with ``weights_only=True``: plain containers and tensors only.
+
+    A missing, truncated or corrupted file, or one holding other objects (a pickle that would
+    run code is never loaded), gives a one-line error naming it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise SparsenetsError(f"{str(path)!r} not found")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        first = str(error).strip().splitlines()
+        detail = next((line for line in first if "Unsupported" in line or "global" in line), "")
+        raise SparsenetsError(
+            f"{str(path)!r} holds objects that are not tensors or plain containers; it is not "
+            f"loaded (only weights_only files are){f': {detail.strip()}' if detail else ''}"
+        ) from None
+    except Exception as error:  # truncated zip, bad magic number, …
+        reason = " ".join(str(error).split()).split(". ")[0] or type(error).__name__
+        raise SparsenetsError(f"{str(path)!r} is not a valid checkpoint file ({reason})") from None
 
 
 def _swap_names(target: Path) -> tuple[str, Path]:

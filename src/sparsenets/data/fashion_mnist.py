@@ -53,8 +53,11 @@ def _find_dir(data_dir: str | os.PathLike[str] | None) -> Path:
 
 def _read_idx(path: Path, magic: int, ndim: int) -> np.ndarray:
     """Read a gzip IDX file into a uint8 array of shape ``(N,)`` or ``(N, rows, cols)``."""
-    with gzip.open(path, "rb") as fh:
-        raw = fh.read()
+    try:
+        with gzip.open(path, "rb") as fh:
+            raw = fh.read()
+    except (OSError, EOFError) as error:  # not gzip, or cut short
+        raise SparsenetsError(f"corrupt Fashion-MNIST file {path}: {error} (expected a complete .gz IDX file)") from None
     header_len = 4 + 4 * ndim
     if len(raw) < header_len:
         raise SparsenetsError(f"corrupt IDX file {path}: only {len(raw)} bytes")

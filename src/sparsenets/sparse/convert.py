@@ -18,11 +18,10 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
 from torch import nn
 
 from ..errors import SparsenetsError
-from ..io import load_tensors, save_tensors
+from ..io import load_tensors, safetensors_metadata, save_tensors
 from .layer import SparseLinear
 
 log = logging.getLogger(__name__)
@@ -136,8 +135,7 @@ def save_sparse(model: nn.Module, path: str | Path) -> None:
 def _read_metadata(path: Path) -> dict[str, str]:
     if not path.is_file():
         raise SparsenetsError(f"sparse model file not found: {path}")
-    with safe_open(str(path), framework="pt") as handle:
-        metadata = handle.metadata() or {}
+    metadata = safetensors_metadata(path)
     if metadata.get("format") != FORMAT_NAME:
         raise SparsenetsError(f"{path} is not a sparsenets sparse model file")
     if metadata.get("format_version") != FORMAT_VERSION:
