@@ -317,3 +317,13 @@ def test_damaged_fashion_mnist_files(tmp_path, damage):
     with pytest.raises(SparsenetsError, match="corrupt Fashion-MNIST file") as info:
         load_fashion_mnist(tmp_path)
     assert "\n" not in str(info.value)
+
+
+def test_out_that_cannot_be_a_directory(capsys, tmp_path):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    for out, fragment in [(afile, "is a file, not a directory"), (afile / "run", "is a file")]:
+        code = main(["train", RIGL, "--out", str(out), "--quiet"])
+        err = capsys.readouterr().err
+        assert code == 2 and fragment in err and len(err.strip().splitlines()) == 1, err
+    assert afile.read_text() == "x"

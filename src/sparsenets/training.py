@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import shutil
 import time
 import warnings
@@ -319,7 +320,15 @@ def make_scheduler(config: TrainConfig, optimizer, total_steps: int) -> torch.op
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    """Refuse to mix a new run into a non-empty directory unless ``overwrite``."""
+    """Refuse to mix a new run into a non-empty directory unless ``overwrite``, and a path that
+    cannot become a directory (a file, or under a file or an unwritable directory)."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise SparsenetsError(f"--out {str(run_dir)!r} is a file, not a directory")
+    parent = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is not writable")
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise SparsenetsError(
             f"run directory {str(run_dir)!r} is not empty (use --overwrite, or --resume {run_dir})"
