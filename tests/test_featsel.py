@@ -30,6 +30,7 @@ from sparsenets.featsel import (
     output_attribution,
     output_strength,
 )
+from sparsenets.featsel.base import scale
 from sparsenets.scores import sign_sided_rank
 from sparsenets.select import select_bottomk
 from sparsenets.sparse import SparseLinear
@@ -233,6 +234,30 @@ def test_supervised_selectors_recover_the_informative_features(make):
     x, y, relevant = madelon_like(n=2000)  # 8 relevant of 60; a random pick finds ~1
     found = set(np.flatnonzero(make().fit(x, y).get_support()).tolist())
     assert len(found & relevant) >= 6
+
+
+def test_wast_finds_the_relevant_madelon_features_unsupervised():
+    x, _ = make_classification(
+        n_samples=1000, n_features=200, n_informative=5, n_redundant=15, n_repeated=0,
+        n_clusters_per_class=16, shuffle=False, random_state=0,
+    )
+    order = np.random.default_rng(0).permutation(200)
+    relevant = set(np.flatnonzero(order < 20).tolist())
+    selector = WAST(20, epochs=3, **SMALL).fit(x[:, order])  # no labels
+    assert len(set(np.flatnonzero(selector.get_support()).tolist()) & relevant) >= 16
+
+
+def test_scaling_options():
+    x = torch.tensor([[1.0, 10.0], [3.0, 30.0], [5.0, 50.0]])
+    per_feature = scale(x, "feature")
+    torch.testing.assert_close(per_feature.std(0, unbiased=False), torch.ones(2))
+    overall = scale(x, "global")
+    assert abs(float(overall.mean())) < 1e-6 and abs(float(overall.std(unbiased=False)) - 1) < 1e-6
+    ratio = overall[:, 1].std() / overall[:, 0].std()
+    assert abs(float(ratio) - 10.0) < 1e-4  # the features keep their relative spread
+    assert scale(x, "none") is x and scale(x, False) is x
+    with pytest.raises(SparsenetsError, match="unknown standardize 'z'"):
+        scale(x, "z")
 
 
 def test_attribution_matches_the_jacobian():

@@ -76,7 +76,8 @@ class NeuronAttribution(SparseNetSelector):
             classifier; one sigmoid layer and input noise for the autoencoder).
         attribution_samples: samples the attribution is averaged over.
         epochs, batch_size, learning_rate, momentum, weight_decay: the SGD training.
-        standardize, backend, device, random_state, verbose: see :class:`QuickSelection`.
+        standardize: ``"feature"`` (default), ``"global"`` or ``"none"``.
+        backend, device, random_state, verbose: see :class:`QuickSelection`.
     """
 
     def __init__(
@@ -97,7 +98,7 @@ class NeuronAttribution(SparseNetSelector):
         learning_rate=0.01,
         momentum=0.9,
         weight_decay=1e-5,
-        standardize=True,
+        standardize="feature",
         backend="auto",
         device="auto",
         random_state=None,

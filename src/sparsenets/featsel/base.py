@@ -129,9 +129,7 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         fork = [torch.cuda.current_device()] if device.type == "cuda" else []
         with torch.random.fork_rng(devices=fork):
             torch.manual_seed(seed)
-            data = torch.from_numpy(np.array(x, dtype=np.float32))
-            if self.standardize:
-                data = standardize(data)
+            data = scale(torch.from_numpy(np.array(x, dtype=np.float32)), self.standardize)
             data = data.to(device)
             target = None if labels is None else torch.as_tensor(labels, dtype=torch.long, device=device)
             self.history_: list[float] = []
@@ -303,8 +301,30 @@ def evolve_between_epochs(epochs: int) -> float:
     return (epochs - 0.5) / epochs
 
 
+SCALINGS = ("feature", "global", "none")
+
+
 def standardize(x: torch.Tensor) -> torch.Tensor:
     """Zero mean, unit variance per column (constant columns are only centred). ``(n, d)``."""
     mean = x.mean(0, keepdim=True)
     std = x.std(0, unbiased=False, keepdim=True)
     return (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+
+
+def scale(x: torch.Tensor, how: str | bool | None) -> torch.Tensor:
+    """``x`` ``(n, d)`` scaled as the ``standardize`` parameter says.
+
+    ``"feature"`` (or True): every column to zero mean and unit variance. ``"global"``: one mean
+    and one standard deviation for the whole matrix, so the features keep their relative
+    variances — what unsupervised selectors need, since a feature's variance is part of what
+    makes it informative (the WAST reference normalizes Madelon this way). ``"none"`` (or
+    False/None): as given.
+    """
+    if how is True or how == "feature":
+        return standardize(x)
+    if how == "global":
+        std = x.std(unbiased=False)
+        return (x - x.mean()) / (std if std > 0 else 1.0)
+    if how is False or how is None or how == "none":
+        return x
+    raise SparsenetsError(f"unknown standardize {how!r} (valid: {', '.join(SCALINGS)}, True, False)")

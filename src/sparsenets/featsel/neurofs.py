@@ -177,7 +177,9 @@ class NeuroFS(SparseNetSelector):
         input_drop_fraction, drop_fraction: ζ of the input and the hidden layers.
         remove_end: the fraction of the epochs by which only K input neurons remain.
         epochs, batch_size, learning_rate, momentum, weight_decay: the training.
-        standardize, backend, device, random_state, verbose: see :class:`QuickSelection`.
+        standardize: ``"feature"`` (default: every column to zero mean and unit variance),
+            ``"global"`` or ``"none"``.
+        backend, device, random_state, verbose: see :class:`QuickSelection`.
     """
 
     supervised = True
@@ -197,7 +199,7 @@ class NeuroFS(SparseNetSelector):
         learning_rate=0.01,
         momentum=0.9,
         weight_decay=1e-5,
-        standardize=True,
+        standardize="feature",
         backend="auto",
         device="auto",
         random_state=None,

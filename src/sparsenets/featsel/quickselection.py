@@ -38,7 +38,9 @@ class QuickSelection(SparseNetSelector):
         dropout: dropout on the hidden code.
         noise: standard deviation of the input noise.
         epochs, batch_size, learning_rate, momentum, weight_decay: the SGD training.
-        standardize: scale every feature to zero mean and unit variance first.
+        standardize: ``"global"`` (default: one mean and standard deviation for all of X, so
+            the features keep their relative variances, which unsupervised selection reads),
+            ``"feature"`` (every column to zero mean and unit variance) or ``"none"``.
         backend: ``"auto"`` (per layer, the faster of masked and CSR by timing), ``"masked"`` or
             ``"sparse"`` (CSR layers: the memory and time win on wide data).
         device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:N"``.
@@ -63,7 +65,7 @@ class QuickSelection(SparseNetSelector):
         learning_rate=0.01,
         momentum=0.9,
         weight_decay=1e-5,
-        standardize=True,
+        standardize="global",
         backend="auto",
         device="auto",
         random_state=None,

@@ -83,7 +83,9 @@ class WAST(SparseNetSelector):
         n_features_to_select: K: an integer, a fraction in (0, 1), or None (half).
         hidden, density, drop_fraction, importance_weight, noise: see above.
         epochs, batch_size, learning_rate, momentum, weight_decay: the training.
-        standardize, backend, device, random_state, verbose: see :class:`QuickSelection`.
+        standardize: ``"global"`` (default; the reference normalizes Madelon with one mean and
+            one standard deviation), ``"feature"`` or ``"none"``.
+        backend, device, random_state, verbose: see :class:`QuickSelection`.
     """
 
     supervised = False
@@ -102,7 +104,7 @@ class WAST(SparseNetSelector):
         learning_rate=0.1,
         momentum=0.9,
         weight_decay=0.0,
-        standardize=True,
+        standardize="global",
         backend="auto",
         device="auto",
         random_state=None,
