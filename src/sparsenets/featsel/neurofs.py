@@ -50,7 +50,8 @@ class NeuroFSTopology(DropAndGrow):
        neurons until the layer holds its initial count again (fewer if those columns are full).
 
     Weakness is the neuron strength Σ|w| over its connections. Before update ``warmup`` the
-    input layer evolves like the others but grows by gradient. Grown weights start at zero.
+    input layer evolves like the others but grows by gradient, and every input neuron counts as
+    mature after it. Grown weights start at zero.
 
     The reference (``zahraatashgahi/NeuroFS``) takes the gradient of the network's summed
     softmax output over the whole training set; here it is the gradient of the training loss on
@@ -90,6 +91,8 @@ class NeuroFSTopology(DropAndGrow):
             if name == self.input_layer and epoch >= self.warmup:
                 new_masks[name] = self._input_update(ctx, step, epoch, epochs)
                 continue
+            if name == self.input_layer:  # warm-up: every input neuron matures
+                ctx.state.protection[name] += 1
             fraction = self.input_drop_fraction if name == self.input_layer else self.drop_fraction
             mask = ctx.masks[name]
             nnz = ctx.masks.nnz(name)
