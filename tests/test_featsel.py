@@ -331,3 +331,21 @@ def test_set_with_sign_sided_drop_and_normal_regrowth():
     assert 0.035 < float(values.std()) < 0.065
     with pytest.raises(SparsenetsError, match="regrow_std must be a positive finite number"):
         DynamicSparsity(model, opt, density=0.3, total_steps=2, method="set", regrow_std=0.0)
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: WAST(2, hidden=0, **SMALL), "hidden must be a positive integer, got 0"),
+    (lambda: QuickSelection(2, hidden=-1, **SMALL), "hidden must be a positive integer, got -1"),
+    (lambda: NeuronAttribution(2, n_layers=0, **SMALL), "n_layers must be a positive integer, got 0"),
+    (lambda: NeuroFS(2, n_layers=0, **SMALL), "n_layers must be a positive integer, got 0"),
+])
+def test_network_sizes_are_checked(make, match, digits):
+    with pytest.raises(SparsenetsError, match=match):
+        make().fit(*digits)
+
+
+def test_continuous_labels_are_one_line(digits):
+    x, _ = digits
+    with pytest.raises(SparsenetsError, match="needs class labels") as info:
+        NeuroFS(2, hidden=4, epochs=1, **SMALL).fit(x, np.linspace(0, 1, len(x)))
+    assert "\n" not in str(info.value)

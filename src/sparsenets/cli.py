@@ -1,4 +1,4 @@
-"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``, ``prune-llm``, ``eval-ppl``.
+"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``, ``select``, ``prune-llm``, ``eval-ppl``.
 
 Bad input prints one line ``sparsenets: error: …`` to stderr and exits with status 2, without a
 traceback.
@@ -45,6 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--json", action="store_true", help="print summary.json as is (a pruned LLM: its report as JSON)")
 
     sub.add_parser("methods", help="list the sparse training methods and their options")
+    _add_select_command(sub)
     _add_llm_commands(sub)
     return parser
 
@@ -61,6 +62,37 @@ def _positive_int(value: str) -> int:
     if number <= 0:
         raise argparse.ArgumentTypeError(f"{value!r} must be a positive integer")
     return number
+
+
+def _add_select_command(sub) -> None:
+    select = sub.add_parser(
+        "select", help="select the K most important input features with a sparse network",
+        description="Fit a sparse-network feature selector (sparsenets.featsel) and write selected.txt, "
+                    "scores.csv, scores.png and summary.json. See docs/feature_selection.md.")
+    select.add_argument("input", metavar="INPUT",
+                        help="a CSV file (header row), an .npy file (X), an .npz file (X and optional y) "
+                             "or a built-in dataset: fashion_mnist, digits, mnist1d (its training split)")
+    select.add_argument("--method", required=True,
+                        help="quickselection, wast (unsupervised), neurofs (supervised) or attribution")
+    select.add_argument("--k", type=int, required=True, help="number of features to select")
+    select.add_argument("--out", help="output directory (default: runs/select-<method>-<input>-<time>)")
+    select.add_argument("--overwrite", action="store_true", help="reuse a non-empty output directory")
+    select.add_argument("--label-column", metavar="NAME",
+                        help="CSV column holding the class labels (left out of the features); supervised "
+                             "methods default to a column named label, target or y")
+    select.add_argument("--mode", default="auto",
+                        help="attribution only: auto (default: supervised when the input has labels), "
+                             "supervised or unsupervised")
+    select.add_argument("--epochs", type=_positive_int, help="training epochs (default: the method's own)")
+    select.add_argument("--backend", default="auto", help="auto (default), masked or sparse")
+    select.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    select.add_argument("--seed", type=int, default=0, help="random_state of the selector (default 0)")
+    select.add_argument("--max-samples", type=_positive_int, metavar="N",
+                        help="fit on a random subset of N samples (drawn from --seed)")
+    select.add_argument("--data-dir", help="directory of the Fashion-MNIST files")
+    select.add_argument("--set", dest="settings", action="append", default=[], metavar="KEY=VALUE",
+                        help="a selector parameter, e.g. --set hidden=200 (repeatable)")
+    select.add_argument("--quiet", action="store_true", help="no progress bar or summary")
 
 
 def _add_llm_commands(sub) -> None:
@@ -223,6 +255,20 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .featsel.cli import format_select, run_select
+
+    summary = run_select(
+        args.input, method=args.method, k=args.k, out=args.out, overwrite=args.overwrite,
+        label_column=args.label_column, mode=args.mode, epochs=args.epochs, backend=args.backend,
+        device=args.device, seed=args.seed, settings=args.settings, max_samples=args.max_samples,
+        data_dir=args.data_dir, progress=not args.quiet,
+    )
+    if not args.quiet:
+        print(format_select(summary))
+    return 0
+
+
 def _cmd_prune_llm(args: argparse.Namespace) -> int:
     from .llm.pipeline import make_calibration, make_eval, prune_pretrained
     from .training import resolve_device
@@ -279,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
                         format="%(message)s")
     commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods,
-                "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
+                "select": _cmd_select, "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
     try:
         return commands[args.command](args)
     except SparsenetsError as error:

@@ -26,6 +26,11 @@ def _finish(plt, fig, ax, path: str | Path, title: str, xlabel: str | None, ylab
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
+    return save_png(plt, fig, path)
+
+
+def save_png(plt, fig, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG atomically and close it (also when writing fails)."""
     try:
         with atomic_path(path) as tmp:
             fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")

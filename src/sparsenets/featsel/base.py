@@ -168,7 +168,12 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
             raise SparsenetsError(" ".join(str(error).split())) from None
         if not self.supervised:
             return x, None
-        check_classification_targets(y)
+        try:
+            check_classification_targets(y)
+        except ValueError as error:
+            raise SparsenetsError(
+                f"{' '.join(str(error).split())}; {type(self).__name__} needs class labels"
+            ) from None
         encoder = LabelEncoder().fit(y)
         self.classes_ = encoder.classes_
         if len(self.classes_) < 2:
@@ -181,7 +186,9 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
     def _check_common_params(self) -> None:
         if self.backend not in BACKENDS:
             raise SparsenetsError(f"unknown backend {self.backend!r} (valid: {', '.join(BACKENDS)})")
-        for name in ("epochs", "batch_size"):
+        for name in ("epochs", "batch_size", "hidden", "n_layers"):
+            if not hasattr(self, name):
+                continue
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
                 raise SparsenetsError(f"{name} must be a positive integer, got {value!r}")

@@ -228,8 +228,6 @@ class NeuroFS(SparseNetSelector):
 
     def _fit_scores(self, x, y, k, seed):
         n, d = x.shape
-        if not isinstance(self.n_layers, int) or self.n_layers < 1:
-            raise SparsenetsError(f"n_layers must be a positive integer, got {self.n_layers!r}")
         if not self.epsilon > 0:
             raise SparsenetsError(f"epsilon must be positive, got {self.epsilon!r}")
         model = MLP(d, self.hidden, self.n_layers, len(self.classes_)).to(x.device)
