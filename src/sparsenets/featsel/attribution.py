@@ -159,7 +159,7 @@ class NeuronAttribution(SparseNetSelector):
             def loss_of(index):
                 return F.cross_entropy(model(x[index]), y[index]), None
         else:
-            noisy = x + self.noise * torch.randn(x.shape, device=x.device)
+            noisy = torch.randn(x.shape, device=x.device).mul_(self.noise).add_(x)
 
             def loss_of(index):
                 return F.mse_loss(model(noisy[index]), x[index]), None

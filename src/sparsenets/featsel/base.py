@@ -312,14 +312,14 @@ SCALINGS = ("feature", "global", "none")
 
 
 def standardize(x: torch.Tensor) -> torch.Tensor:
-    """Zero mean, unit variance per column (constant columns are only centred). ``(n, d)``."""
+    """Zero mean, unit variance per column (constant columns are only centred), in place. ``(n, d)``."""
     mean = x.mean(0, keepdim=True)
     std = x.std(0, unbiased=False, keepdim=True)
-    return (x - mean) / torch.where(std > 0, std, torch.ones_like(std))
+    return x.sub_(mean).div_(torch.where(std > 0, std, torch.ones_like(std)))
 
 
 def scale(x: torch.Tensor, how: str | bool | None) -> torch.Tensor:
-    """``x`` ``(n, d)`` scaled as the ``standardize`` parameter says.
+    """``x`` ``(n, d)`` scaled as the ``standardize`` parameter says (``"global"`` in place).
 
     ``"feature"`` (or True): every column to zero mean and unit variance. ``"global"``: one mean
     and one standard deviation for the whole matrix, so the features keep their relative
@@ -329,9 +329,9 @@ def scale(x: torch.Tensor, how: str | bool | None) -> torch.Tensor:
     """
     if how is True or how == "feature":
         return standardize(x)
-    if how == "global":
-        std = x.std(unbiased=False)
-        return (x - x.mean()) / (std if std > 0 else 1.0)
+    if how == "global":  # in place: X may be large
+        std = float(x.std(unbiased=False))
+        return x.sub_(x.mean()).div_(std if std > 0 else 1.0)
     if how is False or how is None or how == "none":
         return x
     raise SparsenetsError(f"unknown standardize {how!r} (valid: {', '.join(SCALINGS)}, True, False)")

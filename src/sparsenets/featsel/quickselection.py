@@ -110,7 +110,7 @@ class QuickSelection(SparseNetSelector):
             regrow_init="normal", regrow_std=0.1,
         )
         sparsifier = self._sparsify(model, optimizer, self._layer_densities(d), method, total, seed)
-        noisy = x + self.noise * torch.randn(x.shape, device=x.device)
+        noisy = torch.randn(x.shape, device=x.device).mul_(self.noise).add_(x)
 
         def loss_of(index):
             return F.mse_loss(model(noisy[index]), x[index]), None
