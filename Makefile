@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel lint clean
 
 setup: $(STAMP) data
 
@@ -42,6 +42,9 @@ bench-sparse: setup
 
 bench-pruning: setup
 	$(VPY) benchmarks/pruning.py --markdown
+
+bench-featsel: setup
+	$(VPY) benchmarks/feature_selection.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks
