@@ -664,7 +664,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(json_path, payload)
     print(format_tables(summary, meta | {"_input": input_kind}, args.markdown))
     if determinism:
-        print(f"determinism (Madelon, {determinism['method']}, random_state={determinism['seed']}, 3 fits): "
+        print(f"determinism (Madelon, {determinism['method']}, random_state={determinism['seed']}, "
+              f"{determinism.get('fits')} fits): "
               f"identical support {determinism.get('identical_support')}, "
               f"max |score difference| {determinism.get('max_score_difference')}")
     for c in found:
