@@ -9,6 +9,7 @@ from torch.nn import functional as F
 from ..dst import make_method, method_options
 from ..dst.registry import method_class
 from ..errors import SparsenetsError, check_fraction, choice_error
+from ..sparse import SparseLinear
 from .base import SparseNetSelector, er_density
 from .networks import MLP, Autoencoder
 
@@ -27,15 +28,14 @@ def encoder_attribution(model: Autoencoder, x: torch.Tensor) -> torch.Tensor:
     """
     code = model.encode(x)
     slope = (code * (1 - code)).mean(0)  # (hidden,)
-    weight = model.encoder.weight if hasattr(model.encoder, "weight") else None
-    if weight is None:  # a SparseLinear: |W₁|ᵀ slope without a dense matrix
-        layer = model.encoder
+    layer = model.encoder
+    if isinstance(layer, SparseLinear):  # |W₁|ᵀ slope without a dense matrix
         rows = torch.repeat_interleave(
             torch.arange(layer.out_features, device=x.device), layer.crow_indices.long().diff()
         )
         out = torch.zeros(layer.in_features, device=x.device)
         return out.index_add_(0, layer.col_indices.long(), layer.values.detach().abs() * slope[rows])
-    return slope @ weight.detach().abs()
+    return slope @ layer.weight.detach().abs()
 
 
 def output_attribution(model: torch.nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:

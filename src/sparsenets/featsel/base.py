@@ -10,6 +10,7 @@ trains its network on the standardized data and returns one importance score per
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar
 
@@ -118,8 +119,6 @@ class SparseNetSelector(SelectorMixin, BaseEstimator):
         Returns:
             self.
         """
-        import time
-
         x, labels = self._validate_input(X, y)
         k = features_to_select(self.n_features_to_select, x.shape[1])
         device = resolve_device(self.device)
