@@ -24,6 +24,7 @@ from .dst import (
     SparseOptimizer,
     SparsityContext,
     Static,
+    TopologyChange,
 )
 from .errors import SparsenetsError
 from .masks import MaskStore
@@ -50,7 +51,7 @@ def __getattr__(name: str):
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
     "LayerReport", "MaskStore", "NeuroFS", "NeuronAttribution", "QuickSelection", "WAST", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
-    "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "Unstructured", "allocate",
+    "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "TopologyChange", "Unstructured", "allocate",
     "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "prune_at_init", "report",
     "save_sparse", "to_dense", "to_sparse", "__version__",
 ]

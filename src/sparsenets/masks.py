@@ -159,6 +159,24 @@ class MaskStore(Mapping[str, torch.Tensor]):
             self._ever_active[name] |= mask
         self._invalidate(name)
 
+    def set_index(self, name: str, index: torch.Tensor) -> None:
+        """Replace the mask of ``name`` by the sorted flat positions ``index`` ``(nnz,)`` int64
+        (validated: in range, strictly increasing). A compact layer builds nothing dense."""
+        self._check_name(name)
+        if not isinstance(index, torch.Tensor) or index.dtype != torch.int64 or index.dim() != 1:
+            got = f"{index.dtype} {tuple(index.shape)}" if isinstance(index, torch.Tensor) else type(index).__name__
+            raise SparsenetsError(f"index for {name!r} must be a 1-D torch.int64 tensor, got {got}")
+        numel = self.numel(name)
+        if index.numel() and (int(index[0]) < 0 or int(index[-1]) >= numel or bool((index.diff() <= 0).any())):
+            raise SparsenetsError(f"index for {name!r} must be strictly increasing positions in [0, {numel})")
+        if name not in self._compact:
+            self.set(name, index_to_mask(index, self._shapes[name]))
+            return
+        index = index.to(self._device, copy=True)
+        self._masks[name] = index
+        self._ever_active[name] = torch.unique(torch.cat([self._ever_active[name], index]))
+        self._invalidate(name)
+
     def to(self, device: torch.device | str) -> MaskStore:
         """Move every mask to ``device`` (in place); returns ``self``."""
         self._device = torch.device(device)
@@ -230,6 +248,11 @@ class MaskStore(Mapping[str, torch.Tensor]):
         """Boolean tensor of the positions of ``name`` that have been active at any time."""
         ever = self._ever_active[name]
         return index_to_mask(ever, self._shapes[name]) if name in self._compact else ever
+
+    def ever_index(self, name: str) -> torch.Tensor:
+        """Sorted flat indices ``(n,)`` int64 of the positions of ``name`` ever active."""
+        ever = self._ever_active[name]
+        return ever if name in self._compact else mask_to_index(ever)
 
     def _ever_count(self, name: str) -> int:
         ever = self._ever_active[name]

@@ -47,7 +47,7 @@ def mest_drop_score(param: torch.Tensor, grad: torch.Tensor | None, weight: floa
     return score
 
 
-def sign_sided_rank(score: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def sign_sided_rank(score: torch.Tensor, weight: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Drop score that takes the same share from the positive and the negative weights.
 
     Each active weight gets its rank within its own sign side, divided by the side's size:
@@ -59,14 +59,17 @@ def sign_sided_rank(score: torch.Tensor, weight: torch.Tensor, mask: torch.Tenso
     Args:
         score: (any shape) the drop score, lower = drop first (e.g. |w|).
         weight: the weight (same shape); only its sign is read.
-        mask: bool (same shape), the active positions; inactive ones get ``+inf``.
+        mask: bool (same shape), the active positions; inactive ones get ``+inf``. None: every
+            position is active (e.g. ``score`` and ``weight`` are a sparse layer's ``(nnz,)`` values).
 
     Returns:
         float32 tensor of ``score``'s shape.
     """
     flat_score = score.detach().reshape(-1).float()
     flat_weight = weight.detach().reshape(-1)
-    active = mask.reshape(-1).to(flat_score.device)
+    active = (
+        torch.ones_like(flat_score, dtype=torch.bool) if mask is None else mask.reshape(-1).to(flat_score.device)
+    )
     rank = torch.full_like(flat_score, float("inf"))
     rank[active & (flat_weight == 0)] = -1.0
     for side in (flat_weight > 0, flat_weight < 0):

@@ -7,6 +7,7 @@ from .base import (
     Regrowing,
     Scheduled,
     SparsityContext,
+    TopologyChange,
     drop_and_grow,
     drop_count,
 )
@@ -18,6 +19,6 @@ from .wrapper import SparseOptimizer
 
 __all__ = [
     "CTRE", "GMP", "MEST", "METHODS", "SET", "SNFS", "DropAndGrow", "DynamicSparsity",
-    "GraNet", "Method", "MethodState", "Regrowing", "RigL", "Scheduled", "SparseOptimizer", "SparsityContext",
+    "GraNet", "Method", "MethodState", "Regrowing", "RigL", "Scheduled", "SparseOptimizer", "SparsityContext", "TopologyChange",
     "Static", "drop_and_grow", "drop_count", "make_method", "method_options",
 ]

@@ -27,10 +27,18 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ..errors import SparsenetsError, choice_error
-from ..masks import MaskStore
+from ..masks import MaskStore, mask_to_index
 from ..rng import Stream
 from ..schedules import DropFraction, UpdateSchedule
 from ..scores import magnitude, sign_sided_rank
+from ..index_sets import (
+    ScoreBlocks,
+    dense_blocks,
+    difference,
+    sample_absent,
+    sample_absent_preferring,
+    topk_over_blocks_preferring,
+)
 from ..select import select_bottomk, select_topk
 
 REGROW_INITS = ("zero", "random", "normal")
@@ -73,6 +81,19 @@ class SparsityContext(Protocol):
     def dense_grad(self, name: str) -> torch.Tensor:
         """∂L/∂W of the dense weight, inactive positions included: in :meth:`Method.update`
         of a method with ``needs_dense_grad``, and in :meth:`Method.observe` (masked layers)."""
+        ...
+
+    def dense_grad_blocks(self, name: str) -> ScoreBlocks:
+        """:meth:`dense_grad`, flat, as :data:`~sparsenets.index_sets.ScoreBlocks` (CSR layers
+        form it a row block at a time instead of holding the whole matrix)."""
+        ...
+
+    def active_weight(self, name: str) -> torch.Tensor:
+        """``(nnz,)`` the weight at the active positions, in ``masks.index(name)`` order."""
+        ...
+
+    def active_grad(self, name: str) -> torch.Tensor | None:
+        """``(nnz,)`` the gradient at the active positions (None before the first backward)."""
         ...
 
     def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
@@ -198,8 +219,11 @@ class Method:
     def check(self, total_steps: int) -> None:
         """Validate against the run length; raise :class:`SparsenetsError` on bad settings."""
 
-    def regrowth_values(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | None:
-        """Dense CPU values (``shape``) grown weights start at, or None for zero."""
+    def regrowth_values(
+        self, shape: tuple[int, ...], n_grown: int, generator: torch.Generator
+    ) -> torch.Tensor | None:
+        """CPU values ``(n_grown,)`` the weights grown in a layer of ``shape`` start at (in the
+        order of their sorted positions), or None for zero."""
         return None
 
     def make_state(self, ctx: SparsityContext) -> MethodState:
@@ -283,13 +307,15 @@ class Regrowing(Scheduled):
             raise SparsenetsError(f"regrow_std must be a positive finite number, got {self.regrow_std}")
         DropFraction(self.drop_fraction, 1, self.drop_schedule)  # validates both
 
-    def regrowth_values(self, shape: tuple[int, ...], generator: torch.Generator) -> torch.Tensor | None:
+    def regrowth_values(
+        self, shape: tuple[int, ...], n_grown: int, generator: torch.Generator
+    ) -> torch.Tensor | None:
         if self.regrow_init == "random":
             fan_in = math.prod(shape[1:]) if len(shape) > 1 else shape[0]
             bound = 1.0 / math.sqrt(max(fan_in, 1))
-            return (torch.rand(shape, generator=generator) * 2 - 1) * bound
+            return (torch.rand(n_grown, generator=generator) * 2 - 1) * bound
         if self.regrow_init == "normal":
-            return torch.randn(shape, generator=generator) * self.regrow_std
+            return torch.randn(n_grown, generator=generator) * self.regrow_std
         return None
 
     def drop_fraction_at(self, ctx: SparsityContext, step: int) -> float:
@@ -301,13 +327,47 @@ class Regrowing(Scheduled):
 
 
 @dataclass(frozen=True)
+class TopologyChange:
+    """One layer's new topology, as sorted flat indices (what :meth:`DropAndGrow.update` returns).
+
+    Attributes:
+        index: ``(nnz_new,)`` int64, the active positions after the update.
+        grown: ``(n_grown,)`` int64, the positions of ``index`` that were inactive before.
+    """
+
+    index: torch.Tensor
+    grown: torch.Tensor
+
+
+def as_topology_change(
+    change: torch.Tensor | TopologyChange, old_index: torch.Tensor, shape: tuple[int, ...]
+) -> TopologyChange:
+    """What :meth:`Method.update` returned for one layer (a bool mask of ``shape`` or a
+    :class:`TopologyChange`), as a validated :class:`TopologyChange` against the sorted
+    ``old_index``."""
+    if isinstance(change, TopologyChange):
+        return change
+    if not isinstance(change, torch.Tensor) or change.dtype != torch.bool or tuple(change.shape) != tuple(shape):
+        got = f"{change.dtype} {tuple(change.shape)}" if isinstance(change, torch.Tensor) else type(change).__name__
+        raise SparsenetsError(f"a method's update must give a bool mask of shape {tuple(shape)} or a TopologyChange, got {got}")
+    new_index = mask_to_index(change).to(old_index.device)
+    return TopologyChange(new_index, difference(new_index, old_index))
+
+
+@dataclass(frozen=True)
 class DropAndGrow(Regrowing):
     """Fixed budget: every ``update_every`` steps drop ``f(t)·nnz`` weights and grow as many.
 
     Options: see :class:`Scheduled` and :class:`Regrowing`. Dropped and grown positions are
     disjoint: growth picks among positions that were inactive before the update, so a
-    just-dropped weight is never regrown in the same update. A preset overrides
-    :meth:`grow_score` (and maybe :meth:`drop_score` / :meth:`grow_counts`).
+    just-dropped weight is never regrown in the same update. A preset says how it grows: at
+    random (``grows_at_random``) or by the highest :meth:`grow_score` (or :meth:`grow_blocks`);
+    it may also override :meth:`drop_score` and :meth:`grow_counts`.
+
+    The update works on sorted flat indices (:mod:`sparsenets.index_sets`): drop scores are read
+    at the active positions only, random growth is sampled without any dense tensor, and scored
+    growth reads its scores block by block, so on CSR layers nothing of the weight's dense shape
+    is built unless the grow score itself is dense.
 
     Args:
         sign_sided: drop the same share of the positive and of the negative weights, each side
@@ -317,24 +377,39 @@ class DropAndGrow(Regrowing):
     """
 
     name: ClassVar[str] = "drop_and_grow"
+    #: grow uniformly at random among the inactive positions (no grow score).
+    grows_at_random: ClassVar[bool] = False
     sign_sided: bool = False
 
     def drop_score(self, ctx: SparsityContext, name: str) -> torch.Tensor:
-        """Score of active weights; the lowest are dropped. Default |w|."""
-        return magnitude(ctx.weight(name))
+        """``(nnz,)`` score of the active weights (in :meth:`MaskStore.index` order); the lowest
+        are dropped. Default |w|."""
+        return magnitude(ctx.active_weight(name))
+
+    def grows_randomly(self, name: str) -> bool:
+        """Whether layer ``name`` grows at random (default: ``grows_at_random``)."""
+        return self.grows_at_random
 
     def layer_drop_score(self, ctx: SparsityContext, name: str) -> torch.Tensor:
         """:meth:`drop_score`, made a per-sign-side rank when ``sign_sided``."""
         score = self.drop_score(ctx, name)
         if self.sign_sided:
-            score = sign_sided_rank(score, ctx.weight(name), ctx.masks[name])
+            score = sign_sided_rank(score, ctx.active_weight(name))
         return score
 
     def grow_score(
         self, ctx: SparsityContext, name: str, gen: torch.Generator, n_grow: int
     ) -> torch.Tensor:
-        """Score of inactive positions; the ``n_grow`` highest are grown."""
-        raise NotImplementedError
+        """Score of every position (the weight's shape); the ``n_grow`` highest inactive ones
+        are grown."""
+        raise NotImplementedError(f"method {self.name!r} defines neither grow_score nor grows_at_random")
+
+    def grow_blocks(
+        self, ctx: SparsityContext, name: str, gen: torch.Generator, n_grow: int
+    ) -> ScoreBlocks:
+        """The grow scores as :data:`~sparsenets.index_sets.ScoreBlocks` (default: one block,
+        :meth:`grow_score`). Override to produce them a block at a time."""
+        return dense_blocks(self.grow_score(ctx, name, gen, n_grow))
 
     def grow_counts(self, ctx: SparsityContext, drop_counts: dict[str, int]) -> dict[str, int]:
         """How many positions each layer grows (default: as many as it dropped)."""
@@ -343,29 +418,40 @@ class DropAndGrow(Regrowing):
     def drop_counts(self, ctx: SparsityContext, step: int) -> dict[str, int]:
         fraction = self.drop_fraction_at(ctx, step)
         return {
-            name: drop_count(fraction, ctx.masks.nnz(name), mask.numel() - ctx.masks.nnz(name))
-            for name, mask in ctx.masks.items()
-        }
-
-    def update(self, ctx: SparsityContext, step: int) -> dict[str, torch.Tensor]:
-        drops = self.drop_counts(ctx, step)
-        grows = self.grow_counts(ctx, drops)
-        return {
-            name: drop_and_grow(
-                ctx.masks[name],
-                drop_score=self.layer_drop_score(ctx, name) if drops[name] else None,
-                grow_score=(
-                    self.grow_score(ctx, name, ctx.generator(step, name, Stream.GROW), grows[name])
-                    if grows[name]
-                    else None
-                ),
-                n_drop=drops[name],
-                n_grow=grows[name],
-                prefer=self.preferred(ctx, name),
-                generator=ctx.generator(step, name, Stream.DROP),
-            )
+            name: drop_count(fraction, ctx.masks.nnz(name), ctx.masks.numel(name) - ctx.masks.nnz(name))
             for name in ctx.masks
         }
+
+    def update(self, ctx: SparsityContext, step: int) -> dict[str, TopologyChange]:
+        drops = self.drop_counts(ctx, step)
+        grows = self.grow_counts(ctx, drops)
+        return {name: self.layer_update(ctx, step, name, drops[name], grows[name]) for name in ctx.masks}
+
+    def layer_update(self, ctx: SparsityContext, step: int, name: str, n_drop: int, n_grow: int) -> TopologyChange:
+        """Drop ``n_drop`` and grow ``n_grow`` positions of layer ``name``."""
+        active = ctx.masks.index(name)
+        numel = ctx.masks.numel(name)
+        generator = ctx.generator(step, name, Stream.DROP)  # drop ties, then scored-growth ties
+        kept = active
+        if n_drop > 0:
+            dropped = select_bottomk(self.layer_drop_score(ctx, name), n_drop, generator=generator)
+            kept = active[~dropped.to(active.device)]
+        grown = active[:0]
+        if n_grow > 0:
+            ever = ctx.masks.ever_index(name) if self.explore else None
+            grow_gen = ctx.generator(step, name, Stream.GROW)
+            if self.grows_randomly(name):
+                grown = (
+                    sample_absent(active, numel, n_grow, grow_gen) if ever is None
+                    else sample_absent_preferring(active, ever, numel, n_grow, grow_gen)
+                )
+            else:
+                grown = topk_over_blocks_preferring(
+                    self.grow_blocks(ctx, name, grow_gen, n_grow), n_grow, active, ever, numel,
+                    generator=generator,
+                )
+            grown = grown.to(active.device)
+        return TopologyChange(torch.sort(torch.cat([kept, grown])).values, grown)
 
 
 def drop_and_grow(

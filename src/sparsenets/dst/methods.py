@@ -35,9 +35,7 @@ class SET(DropAndGrow):
     """Sparse Evolutionary Training (Mocanu et al., 2018): drop by |w|, grow at random."""
 
     name: ClassVar[str] = "set"
-
-    def grow_score(self, ctx, name, gen, n_grow):
-        return random_scores(ctx.masks.shapes[name], gen, ctx.device)
+    grows_at_random: ClassVar[bool] = True
 
 
 @dataclass(frozen=True)
@@ -47,8 +45,14 @@ class RigL(DropAndGrow):
     name: ClassVar[str] = "rigl"
     needs_dense_grad: ClassVar[bool] = True
 
-    def grow_score(self, ctx, name, gen, n_grow):
-        return gradient_magnitude(ctx.dense_grad(name))
+    def grow_blocks(self, ctx, name, gen, n_grow):
+        blocks = ctx.dense_grad_blocks(name)
+
+        def magnitudes():
+            for start, block in blocks():
+                yield start, gradient_magnitude(block)
+
+        return magnitudes
 
 
 @dataclass
@@ -118,13 +122,11 @@ class MEST(DropAndGrow):
     """
 
     name: ClassVar[str] = "mest"
+    grows_at_random: ClassVar[bool] = True
     grad_weight: float = 1.0
 
     def drop_score(self, ctx, name):
-        return mest_drop_score(ctx.weight(name), ctx.grad(name), self.grad_weight)
-
-    def grow_score(self, ctx, name, gen, n_grow):
-        return random_scores(ctx.masks.shapes[name], gen, ctx.device)
+        return mest_drop_score(ctx.active_weight(name), ctx.active_grad(name), self.grad_weight)
 
 
 @dataclass(frozen=True)

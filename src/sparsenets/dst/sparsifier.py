@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..allocation import CustomAllocation, allocate_counts
+from ..index_sets import ScoreBlocks
 from ..errors import SparsenetsError, check_density
 from ..masks import MaskStore
 from ..optim import check_optimizer_covers, reset_state_
@@ -22,7 +23,7 @@ from ..sparse import SparseLinear
 from ..targets import find_targets
 from .auto import Timer
 from .backend import check_backend, choose_backends
-from .base import Method, MethodState
+from .base import Method, MethodState, as_topology_change
 from .layers import CSRLayer, LayerBackend, MaskedLayer
 from .registry import make_method
 from .wrapper import SparseOptimizer
@@ -261,6 +262,19 @@ class DynamicSparsity:
         ``needs_dense_grad`` (captured before masking), and in ``observe`` on masked layers."""
         return self.layers[name].dense_grad()
 
+    def dense_grad_blocks(self, name: str) -> ScoreBlocks:
+        """:meth:`dense_grad` of ``name``, flat, as :data:`~sparsenets.index_sets.ScoreBlocks`
+        (CSR layers form it a row block at a time)."""
+        return self.layers[name].dense_grad_blocks()
+
+    def active_weight(self, name: str) -> torch.Tensor:
+        """``(nnz,)`` the weight of ``name`` at its active positions (``masks.index`` order)."""
+        return self.layers[name].active_weight()
+
+    def active_grad(self, name: str) -> torch.Tensor | None:
+        """``(nnz,)`` the gradient of ``name`` at its active positions (None before a backward)."""
+        return self.layers[name].active_grad()
+
     def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
         """The CPU generator for one random choice at ``step`` for layer ``name``."""
         return make_generator(self.seed, step, self._index[name], int(stream))
@@ -401,7 +415,7 @@ class DynamicSparsity:
         """Keep every layer's dense gradient for this update (RigL, GraNet, …)."""
         for name, layer in self.layers.items():
             layer.capture_dense_grad()
-            if layer.dense_grad() is None:
+            if not layer.has_dense_grad():
                 raise SparsenetsError(
                     f"{self.method.name} needs the gradient of {name!r} at step {step}; "
                     f"call loss.backward() before sparsifier.step()"
@@ -409,18 +423,20 @@ class DynamicSparsity:
 
     @torch.no_grad()
     def _update_topology(self, step: int) -> None:
-        with self.masks.expanded():  # compact masks are materialized once, for this update only
-            new_masks = self.method.update(self, step)
+        with self.masks.expanded():  # compact masks read densely are materialized once, here
+            changes = self.method.update(self, step)
             record: dict[str, Any] = {"step": step, "layers": {}}
-            for name, new_mask in new_masks.items():
-                old_mask = self.masks[name]
-                dropped, grown = old_mask & ~new_mask, new_mask & ~old_mask
-                values = self._regrow_values(name, step) if bool(grown.any()) else None
-                self.layers[name].install(new_mask, grown, values)
+            for name, change in changes.items():
+                old_index = self.masks.index(name)
+                change = as_topology_change(change, old_index, self.masks.shapes[name])
+                n_grown = change.grown.numel()
+                values = self._regrow_values(name, step, n_grown) if n_grown else None
+                self.layers[name].install(change.index, change.grown, values)
+                nnz = change.index.numel()
                 record["layers"][name] = {
-                    "nnz": int(new_mask.sum()),
-                    "dropped": int(dropped.sum()),
-                    "grown": int(grown.sum()),
+                    "nnz": nnz,
+                    "dropped": old_index.numel() - (nnz - n_grown),
+                    "grown": n_grown,
                     "itop_rate": self.masks.itop_rate(name),
                 }
         record["nnz"] = self.masks.nnz()
@@ -430,10 +446,10 @@ class DynamicSparsity:
         self.history.append(record)
         log.debug("topology update at step %d: nnz=%d grown=%d", step, record["nnz"], record["grown"])
 
-    def _regrow_values(self, name: str, step: int) -> torch.Tensor | None:
-        """Dense CPU start values of the weights grown at ``step`` (None: zero)."""
+    def _regrow_values(self, name: str, step: int, n_grown: int) -> torch.Tensor | None:
+        """CPU start values ``(n_grown,)`` of the weights grown at ``step`` (None: zero)."""
         gen = self.generator(step, name, Stream.REGROW_VALUES)
-        return self.method.regrowth_values(self.masks.shapes[name], gen)
+        return self.method.regrowth_values(self.masks.shapes[name], n_grown, gen)
 
     # -- persistence -------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:

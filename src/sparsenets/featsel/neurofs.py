@@ -10,10 +10,11 @@ import torch
 from torch.nn import functional as F
 
 from ..dst import DropAndGrow, MethodState
-from ..dst.base import drop_and_grow, drop_count
+from ..dst.base import drop_count
+from ..index_sets import dense_blocks
 from ..errors import SparsenetsError, check_fraction
 from ..rng import Stream
-from ..scores import random_scores, sign_sided_rank
+from ..scores import sign_sided_rank
 from ..select import select_bottomk, select_topk
 from .base import SparseNetSelector, er_density, evolve_between_epochs
 from .networks import MLP, input_strength
@@ -94,19 +95,17 @@ class NeuroFSTopology(DropAndGrow):
             if name == self.input_layer:  # warm-up: every input neuron matures
                 ctx.state.protection[name] += 1
             fraction = self.input_drop_fraction if name == self.input_layer else self.drop_fraction
-            mask = ctx.masks[name]
             nnz = ctx.masks.nnz(name)
-            n = drop_count(fraction, nnz, mask.numel() - nnz)
-            gen = ctx.generator(step, name, Stream.GROW)
-            grow = (
-                ctx.dense_grad(name).abs() if name == self.input_layer
-                else random_scores(mask.shape, gen, ctx.device)
-            )
-            new_masks[name] = drop_and_grow(
-                mask, drop_score=self.layer_drop_score(ctx, name), grow_score=grow,
-                n_drop=n, n_grow=n, generator=ctx.generator(step, name, Stream.DROP),
-            )
+            n = drop_count(fraction, nnz, ctx.masks.numel(name) - nnz)
+            new_masks[name] = self.layer_update(ctx, step, name, n, n)
         return new_masks
+
+    def grows_randomly(self, name: str) -> bool:
+        """Hidden layers grow at random (SET); the input layer by |∂L/∂w|."""
+        return name != self.input_layer
+
+    def grow_blocks(self, ctx, name, gen, n_grow):
+        return dense_blocks(ctx.dense_grad(name).abs())
 
     def _input_update(self, ctx, step: int, epoch: int, epochs: int) -> torch.Tensor:
         name = self.input_layer

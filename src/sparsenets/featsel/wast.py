@@ -43,15 +43,25 @@ class NeuronImportanceDST(DropAndGrow):
 
     def connection_importance(self, ctx, name: str) -> torch.Tensor:
         """``(out, in)`` importance of every position of layer ``name``."""
-        n_out, n_in = ctx.masks.shapes[name][:2]
-        ones_in = torch.ones(n_in, device=ctx.device)
-        ones_out = torch.ones(n_out, device=ctx.device)
-        inputs = ctx.state.inputs.get(name, ones_in).to(ctx.device).float()
-        outputs = ctx.state.outputs.get(name, ones_out).to(ctx.device).float()
+        inputs = self._importance(ctx, name, "inputs", 1)
+        outputs = self._importance(ctx, name, "outputs", 0)
         return outputs[:, None] * inputs[None, :]
 
     def drop_score(self, ctx, name):
-        return ctx.weight(name).abs().float() * self.connection_importance(ctx, name)
+        n_in = ctx.masks.shapes[name][1]
+        index = ctx.masks.index(name)
+        importance = self._importance(ctx, name, "outputs", 0)[index // n_in] * self._importance(
+            ctx, name, "inputs", 1
+        )[index % n_in]
+        return ctx.active_weight(name).abs().float() * importance
+
+    @staticmethod
+    def _importance(ctx, name: str, side: str, dim: int) -> torch.Tensor:
+        """``(n,)`` float32 importance of one side's neurons of layer ``name`` (ones if unset)."""
+        stored = getattr(ctx.state, side).get(name)
+        if stored is None:
+            return torch.ones(ctx.masks.shapes[name][dim], device=ctx.device)
+        return stored.to(ctx.device).float()
 
     def grow_score(self, ctx, name, gen, n_grow):
         return self.connection_importance(ctx, name)

@@ -131,6 +131,20 @@ def mask_to_csr(mask: torch.Tensor, index_dtype: torch.dtype | None = None) -> t
     return crow.to(dtype), cols.to(dtype)
 
 
+def index_to_csr(
+    index: torch.Tensor, shape: tuple[int, int], index_dtype: torch.dtype | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(crow_indices (out+1,), col_indices (nnz,))`` of the sorted flat positions ``index``
+    ``(nnz,)`` int64 (``row * in + col``) of a matrix of ``shape`` (no dense tensor is built)."""
+    out_features, in_features = int(shape[0]), int(shape[1])
+    index = index.to(torch.int64)
+    dtype = index_dtype or index_dtype_for((out_features, in_features), int(index.numel()))
+    counts = torch.bincount(index // in_features, minlength=out_features)
+    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=index.device)
+    torch.cumsum(counts, 0, out=crow[1:])
+    return crow.to(dtype), (index % in_features).to(dtype)
+
+
 def row_indices(crow_indices: torch.Tensor) -> torch.Tensor:
     """``(nnz,)`` int64 row of each stored entry, expanded from ``crow_indices (out+1,)``."""
     counts = crow_indices.diff().to(torch.int64)

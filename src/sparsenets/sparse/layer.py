@@ -18,6 +18,7 @@ from .csr import (
     csr_to_mask,
     flat_index,
     index_dtype_for,
+    index_to_csr,
     stored_bytes,
     structure_from_csr,
 )
@@ -149,15 +150,26 @@ class SparseLinear(nn.Module):
         """
         check_mask(new_mask, self.shape, what="new_mask")
         new_mask = new_mask.to(self.values.device)
-        nnz = int(new_mask.sum())
         if tuple(new_values.shape) == self.shape:
             new_values = new_values.to(new_mask.device)[new_mask]
+        self.set_topology_index(new_mask.reshape(-1).nonzero().squeeze(1), new_values)
+
+    @torch.no_grad()
+    def set_topology_index(self, new_index: torch.Tensor, new_values: torch.Tensor) -> None:
+        """:meth:`set_topology` from the sorted flat positions ``new_index`` ``(nnz_new,)``
+        int64 (``row * in + col``) and their ``new_values`` ``(nnz_new,)``; builds nothing of
+        the dense shape."""
+        nnz = int(new_index.numel())
         if tuple(new_values.shape) != (nnz,):
             raise SparsenetsError(
                 f"new_values must have shape ({nnz},) or {self.shape}, got {tuple(new_values.shape)}"
             )
-        self._set_structure(build_structure(new_mask, index_dtype_for(self.shape, nnz)))
-        _replace_data(self.values, new_values.detach().to(self.values.dtype).clone())
+        new_index = new_index.to(self.values.device)
+        if nnz and (int(new_index[0]) < 0 or int(new_index[-1]) >= self.out_features * self.in_features):
+            raise SparsenetsError(f"new_index holds positions outside the {self.shape} layer")
+        crow, col = index_to_csr(new_index, self.shape, index_dtype_for(self.shape, nnz))
+        self._set_structure(structure_from_csr(crow, col, self.shape))
+        _replace_data(self.values, new_values.detach().to(self.values.device, self.values.dtype).clone())
         self.values.grad = None
 
     def _set_structure(self, structure: CSRStructure) -> None:

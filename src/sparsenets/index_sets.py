@@ -1,0 +1,253 @@
+"""Sets of positions of a tensor as sorted flat indices, and selections over them.
+
+A topology update on a sparse (CSR) layer must not build anything of the weight's dense shape:
+its active positions are a sorted ``(nnz,)`` int64 index (the layout of
+:class:`~sparsenets.masks.MaskStore`'s compact layers), and everything here works on such
+indices with memory proportional to the indices involved, never to the tensor's size:
+
+* membership, union, difference and complement of sorted index sets;
+* :func:`sample_absent`: ``k`` positions drawn uniformly among those *not* in a set (SET's and
+  MEST's random growth) by rejection sampling;
+* :func:`topk_over_blocks`: the ``k`` highest scores among eligible positions when the scores
+  come in blocks (RigL's dense gradient formed a row block at a time), with exactly the
+  semantics of :func:`sparsenets.select.select_topk` (same threshold, same random tie-breaking),
+  so a layer gets the same topology whichever backend holds it.
+
+Pure functions; every result is a sorted int64 index unless said otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import torch
+
+from .select import _compare_dtype, kth_largest
+
+#: A source of score blocks: called with no argument, it yields ``(start, scores)`` pairs where
+#: ``scores`` is a 1-D tensor for the flat positions ``start .. start + len(scores) - 1``; the
+#: blocks cover the tensor once, in ascending order. It may be called twice (ties need a second
+#: pass), and must yield the same values each time.
+ScoreBlocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
+#: ``eligible(start, stop)``: bool ``(stop - start,)``, which of those flat positions may be chosen.
+Eligibility = Callable[[int, int], torch.Tensor]
+
+#: Below this share of free positions, :func:`sample_absent` enumerates them instead of sampling.
+_ENUMERATE_BELOW = 0.5
+
+
+def _empty(device: torch.device | str | None = None) -> torch.Tensor:
+    return torch.empty(0, dtype=torch.int64, device=device)
+
+
+def contains(index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Bool ``positions.shape``: whether each position is in the sorted ``index``."""
+    if index.numel() == 0:
+        return torch.zeros(positions.shape, dtype=torch.bool, device=positions.device)
+    where = torch.searchsorted(index, positions).clamp_(max=index.numel() - 1)
+    return index[where] == positions
+
+
+def union(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The sorted union of two index sets."""
+    return torch.unique(torch.cat([first, second]))
+
+
+def difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The positions of sorted ``first`` that are not in sorted ``second`` (sorted)."""
+    return first[~contains(second, first)]
+
+
+def complement(index: torch.Tensor, numel: int) -> torch.Tensor:
+    """The positions of ``0 .. numel - 1`` that are not in the sorted, distinct ``index``.
+
+    Memory is proportional to the result and to ``index``, not to ``numel``: the gaps between
+    consecutive members are expanded run by run.
+    """
+    device = index.device
+    bounds = torch.cat([torch.tensor([-1], device=device), index, torch.tensor([numel], device=device)])
+    starts = bounds[:-1] + 1  # first absent position after each member (and before the first)
+    lengths = bounds[1:] - starts  # absent run lengths
+    keep = lengths > 0
+    starts, lengths = starts[keep], lengths[keep]
+    total = int(lengths.sum())
+    if total == 0:
+        return _empty(device)
+    run_start = torch.repeat_interleave(starts, lengths)
+    offsets = torch.arange(total, device=device) - torch.repeat_interleave(torch.cumsum(lengths, 0) - lengths, lengths)
+    return run_start + offsets
+
+
+def block_members(index: torch.Tensor, start: int, stop: int) -> torch.Tensor:
+    """Bool ``(stop - start,)``: which flat positions of ``start .. stop - 1`` are in sorted ``index``."""
+    member = torch.zeros(stop - start, dtype=torch.bool, device=index.device)
+    if index.numel():
+        lo, hi = torch.searchsorted(index, torch.tensor([start, stop], device=index.device)).tolist()
+        member[index[lo:hi] - start] = True
+    return member
+
+
+def absent_from(*indices: torch.Tensor) -> Eligibility:
+    """An :data:`Eligibility` allowing the positions in none of the sorted ``indices``."""
+
+    def eligible(start: int, stop: int) -> torch.Tensor:
+        allowed = ~block_members(indices[0], start, stop)
+        for other in indices[1:]:
+            allowed &= ~block_members(other, start, stop)
+        return allowed
+
+    return eligible
+
+
+def in_first_not_second(first: torch.Tensor, second: torch.Tensor) -> Eligibility:
+    """An :data:`Eligibility` allowing the positions of sorted ``first`` not in sorted ``second``."""
+
+    def eligible(start: int, stop: int) -> torch.Tensor:
+        return block_members(first, start, stop) & ~block_members(second, start, stop)
+
+    return eligible
+
+
+def sample_absent(
+    exclude: torch.Tensor, numel: int, k: int, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """``k`` distinct positions of ``0 .. numel - 1`` drawn uniformly among those not in ``exclude``.
+
+    Args:
+        exclude: sorted distinct int64 positions that may not be drawn.
+        numel: the number of positions.
+        k: how many to draw (clipped to the free positions).
+        generator: CPU generator (the draw is reproducible under it).
+
+    Returns:
+        Sorted ``(k,)`` int64, on ``exclude``'s device. Memory is ``O(k + len(exclude))`` while
+        at least half the positions are free (rejection sampling: draw uniformly, discard members
+        of ``exclude`` and repeats, draw again for the shortfall); below that the free positions
+        are enumerated with :func:`complement`.
+    """
+    device = exclude.device
+    free = numel - exclude.numel()
+    k = max(0, min(int(k), free))
+    if k == 0:
+        return _empty(device)
+    if free < _ENUMERATE_BELOW * numel or k * 2 > free:
+        candidates = complement(exclude.cpu(), numel)
+        chosen = candidates[torch.randperm(free, generator=generator)[:k]]
+        return torch.sort(chosen).values.to(device)
+    exclude_cpu = exclude.cpu()
+    chosen = _empty()
+    while chosen.numel() < k:
+        need = k - chosen.numel()
+        draw = torch.randint(0, numel, (int(need * numel / free * 1.1) + 16,), generator=generator)
+        draw = torch.unique(draw[~contains(exclude_cpu, draw)])
+        draw = draw[~contains(chosen, draw)]
+        if draw.numel() > need:  # the distinct draws are exchangeable: a random subset stays uniform
+            draw = draw[torch.randperm(draw.numel(), generator=generator)[:need]]
+        chosen = torch.sort(torch.cat([chosen, draw])).values
+    return chosen.to(device)
+
+
+def sample_absent_preferring(
+    exclude: torch.Tensor,
+    ever: torch.Tensor,
+    numel: int,
+    k: int,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Like :func:`sample_absent`, but positions outside ``ever`` (⊇ ``exclude``) go first.
+
+    ITOP exploration: never-active positions are all taken before any once-active one.
+    """
+    n_never = numel - ever.numel()
+    if n_never >= k:
+        return sample_absent(ever, numel, k, generator)
+    never = complement(ever, numel)
+    once = difference(ever, exclude)
+    rest = once[torch.randperm(once.numel(), generator=generator)[: k - n_never].to(once.device)]
+    return torch.sort(torch.cat([never, rest])).values
+
+
+def dense_blocks(scores: torch.Tensor) -> ScoreBlocks:
+    """:data:`ScoreBlocks` of one block: the whole (flattened) ``scores``."""
+
+    def blocks() -> Iterator[tuple[int, torch.Tensor]]:
+        yield 0, scores.reshape(-1)
+
+    return blocks
+
+
+def topk_over_blocks(
+    blocks: ScoreBlocks,
+    k: int,
+    eligible: Eligibility,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """The ``k`` eligible positions with the highest scores, scores read block by block.
+
+    The result equals ``select_topk(scores, k, eligible_mask, generator=generator)`` of the
+    whole score tensor (NaN lowest; the threshold is the k-th largest eligible score; all
+    positions above it are taken, and the rest from the positions tied at it, in position order
+    or shuffled by ``generator``), while holding at most one block and ``k + 1`` candidates.
+
+    Returns:
+        Sorted ``(min(k, eligible count),)`` int64 flat positions.
+    """
+    best_scores: torch.Tensor | None = None
+    best_index = _empty()
+    available = 0
+    for start, block in blocks():
+        allowed = eligible(start, start + block.numel()).to(block.device)
+        position = allowed.nonzero().squeeze(1)
+        available += position.numel()
+        scores = torch.nan_to_num(_compare_dtype(block[position]), nan=float("-inf"))
+        position = position + start
+        if best_scores is None:
+            best_scores, best_index = scores, position
+        else:
+            best_scores, best_index = torch.cat([best_scores, scores]), torch.cat([best_index.to(position.device), position])
+        if best_scores.numel() > k + 1:
+            top = torch.topk(best_scores, k + 1, sorted=False).indices
+            best_scores, best_index = best_scores[top], best_index[top]
+    k = max(0, min(int(k), available))
+    if k == 0 or best_scores is None:
+        return _empty(best_index.device)
+    kth = kth_largest(best_scores, k).to(best_scores.device)
+    above = best_index[best_scores > kth]
+    tied = best_scores == kth
+    need = k - above.numel()
+    complete = best_scores.numel() == available  # every eligible score is among the candidates
+    if complete or int(tied.sum()) == need:
+        ties = torch.sort(best_index[tied]).values
+    else:  # more positions may tie at the threshold than the candidates hold: collect them all
+        found = []
+        for start, block in blocks():
+            allowed = eligible(start, start + block.numel()).to(block.device)
+            scores = torch.nan_to_num(_compare_dtype(block), nan=float("-inf"))
+            found.append((allowed & (scores == kth)).nonzero().squeeze(1) + start)
+        ties = torch.cat(found)
+    if generator is not None and ties.numel() > need:
+        ties = ties[torch.randperm(ties.numel(), generator=generator).to(ties.device)]
+    return torch.sort(torch.cat([above, ties[:need]])).values
+
+
+def topk_over_blocks_preferring(
+    blocks: ScoreBlocks,
+    k: int,
+    exclude: torch.Tensor,
+    ever: torch.Tensor | None,
+    numel: int,
+    *,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """:func:`topk_over_blocks` among the positions not in ``exclude``; with ``ever`` (⊇
+    ``exclude``), the positions outside ``ever`` are all taken before any other (as
+    ``select_topk(..., prefer=...)`` does)."""
+    if ever is None:
+        return topk_over_blocks(blocks, k, absent_from(exclude), generator=generator)
+    n_never = numel - ever.numel()
+    if n_never >= k:
+        return topk_over_blocks(blocks, k, absent_from(ever), generator=generator)
+    never = complement(ever, numel)
+    rest = topk_over_blocks(blocks, k - n_never, in_first_not_second(ever, exclude), generator=generator)
+    return torch.sort(torch.cat([never, rest.to(never.device)])).values
