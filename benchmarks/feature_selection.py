@@ -58,6 +58,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine_info import cpu_model
 
 ROOT = Path(__file__).resolve().parent.parent
 OUT = ROOT / "benchmarks" / "out"
@@ -521,16 +522,6 @@ def git_state() -> dict:
 
     return {"commit": git("rev-parse", "HEAD"),
             "src_modified": git("status", "--porcelain", "--", "src") or ""}
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 # ------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ from sparsenets.dst.layers import CSRLayer
 from sparsenets.index_sets import (
     complement,
     contains,
-    dense_blocks,
     difference,
     sample_absent,
     sample_absent_preferring,

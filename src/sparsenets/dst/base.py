@@ -27,10 +27,6 @@ from typing import Any, ClassVar, Protocol
 import torch
 
 from ..errors import SparsenetsError, choice_error
-from ..masks import MaskStore, mask_to_index
-from ..rng import Stream
-from ..schedules import DropFraction, UpdateSchedule
-from ..scores import magnitude, sign_sided_rank
 from ..index_sets import (
     ScoreBlocks,
     dense_blocks,
@@ -39,6 +35,10 @@ from ..index_sets import (
     sample_absent_preferring,
     topk_over_blocks_preferring,
 )
+from ..masks import MaskStore, mask_to_index
+from ..rng import Stream
+from ..schedules import DropFraction, UpdateSchedule
+from ..scores import magnitude, sign_sided_rank
 from ..select import select_bottomk, select_topk
 
 REGROW_INITS = ("zero", "random", "normal")

@@ -12,8 +12,8 @@ import torch
 from torch import nn
 
 from ..allocation import CustomAllocation, allocate_counts
-from ..index_sets import ScoreBlocks
 from ..errors import SparsenetsError, check_density
+from ..index_sets import ScoreBlocks
 from ..masks import MaskStore
 from ..optim import check_optimizer_covers, reset_state_
 from ..rng import Stream

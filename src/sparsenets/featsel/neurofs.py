@@ -11,8 +11,8 @@ from torch.nn import functional as F
 
 from ..dst import DropAndGrow, MethodState
 from ..dst.base import drop_count
-from ..index_sets import dense_blocks
 from ..errors import SparsenetsError, check_fraction
+from ..index_sets import dense_blocks
 from ..rng import Stream
 from ..scores import sign_sided_rank
 from ..select import select_bottomk, select_topk
