@@ -18,6 +18,7 @@ from sparsenets.index_sets import (
     complement,
     contains,
     difference,
+    merge,
     sample_absent,
     sample_absent_preferring,
     topk_over_blocks,
@@ -44,6 +45,7 @@ def test_set_operations_equal_their_dense_versions(numel, density, seed):
     assert torch.equal(complement(a, numel), mask_to_index(~dense_a))
     assert torch.equal(union(a, b), mask_to_index(dense_a | dense_b))
     assert torch.equal(difference(a, b), mask_to_index(dense_a & ~dense_b))
+    assert torch.equal(merge(a, difference(b, a)), mask_to_index(dense_a | dense_b))
     probe = torch.randint(0, numel, (20,), generator=gen)
     assert torch.equal(contains(a, probe), dense_a[probe])
 
@@ -250,3 +252,16 @@ def test_a_csr_topology_update_builds_nothing_of_the_dense_shape(method, monkeyp
     # every tensor of the update is O(nnz) or one gradient block, never (out, in)
     assert probe.largest <= max(4096, 4 * s.masks.nnz()), probe.largest
     assert probe.largest < n_in * n_out // 4
+
+
+def test_structure_from_index_equals_the_mask_built_structure():
+    from sparsenets.sparse.csr import build_structure, structure_from_index
+
+    mask = torch.rand(7, 9, generator=torch.Generator().manual_seed(0)) < 0.3
+    a, b = build_structure(mask), structure_from_index(mask_to_index(mask), (7, 9))
+    for field in ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "perm"):
+        assert torch.equal(getattr(a, field), getattr(b, field)), field
+    with pytest.raises(SparsenetsError, match="strictly increasing"):
+        structure_from_index(torch.tensor([3, 3]), (7, 9))
+    with pytest.raises(SparsenetsError, match="outside"):
+        structure_from_index(torch.tensor([63]), (7, 9))

@@ -18,6 +18,7 @@ Pure functions; every result is a sorted int64 index unless said otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 
 import torch
@@ -27,7 +28,7 @@ from .select import _compare_dtype, kth_largest
 #: A source of score blocks: called with no argument, it yields ``(start, scores)`` pairs where
 #: ``scores`` is a 1-D tensor for the flat positions ``start .. start + len(scores) - 1``; the
 #: blocks cover the tensor once, in ascending order. It may be called twice (ties need a second
-#: pass), and must yield the same values each time.
+#: pass), and must yield the same values each time; blocks are read, never written.
 ScoreBlocks = Callable[[], Iterator[tuple[int, torch.Tensor]]]
 #: ``eligible(start, stop)``: bool ``(stop - start,)``, which of those flat positions may be chosen.
 Eligibility = Callable[[int, int], torch.Tensor]
@@ -51,6 +52,21 @@ def contains(index: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
 def union(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
     """The sorted union of two index sets."""
     return torch.unique(torch.cat([first, second]))
+
+
+def merge(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """The sorted union of two *disjoint* sorted index sets, in linear time (no sort)."""
+    if second.numel() == 0:
+        return first
+    if first.numel() == 0:
+        return second
+    out = torch.empty(first.numel() + second.numel(), dtype=first.dtype, device=first.device)
+    at = torch.searchsorted(first, second) + torch.arange(second.numel(), device=second.device)
+    taken = torch.zeros(out.numel(), dtype=torch.bool, device=out.device)
+    taken[at] = True
+    out[at] = second
+    out[~taken] = first
+    return out
 
 
 def difference(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
@@ -176,6 +192,30 @@ def dense_blocks(scores: torch.Tensor) -> ScoreBlocks:
     return blocks
 
 
+def _at_least(scores: torch.Tensor, count: int, sampler: torch.Generator) -> float:
+    """A threshold ``t`` with at least ``count`` of ``scores`` (1-D, compare dtype) ``>= t``.
+
+    A quantile of a random sample aims at about twice ``count``; when the sample misses, the
+    exact ``count``-th largest value is taken instead. Either way the threshold is valid, so
+    which one is used changes nothing in what the caller selects, only how fast.
+    """
+    n = scores.numel()
+    if count >= n:
+        return float("-inf")
+    if n > 4 * _SAMPLE:
+        sample = scores[torch.randint(0, n, (_SAMPLE,), generator=sampler).to(scores.device)]
+        rank = math.ceil(2.0 * count / n * _SAMPLE)  # aim at twice count
+        if rank < _SAMPLE:
+            guess = float(kth_largest(sample, rank))
+            if int(torch.count_nonzero(scores >= guess)) >= count:
+                return guess
+    return float(kth_largest(scores, count))
+
+
+#: Sample size of :func:`_at_least`'s threshold guess.
+_SAMPLE = 1 << 16
+
+
 def topk_over_blocks(
     blocks: ScoreBlocks,
     k: int,
@@ -188,42 +228,56 @@ def topk_over_blocks(
     The result equals ``select_topk(scores, k, eligible_mask, generator=generator)`` of the
     whole score tensor (NaN lowest; the threshold is the k-th largest eligible score; all
     positions above it are taken, and the rest from the positions tied at it, in position order
-    or shuffled by ``generator``), while holding at most one block and ``k + 1`` candidates.
+    or shuffled by ``generator``), while holding one block and a few times ``k`` candidates.
+
+    Each block keeps its eligible scores at or above a threshold that at least ``k + 1`` of them
+    reach, so every score at or above the final k-th largest (ties included) is among the
+    candidates; only when ties are so many that the candidates must be cut is a second pass over
+    the blocks needed to collect all the tied positions.
 
     Returns:
         Sorted ``(min(k, eligible count),)`` int64 flat positions.
     """
-    best_scores: torch.Tensor | None = None
-    best_index = _empty()
-    available = 0
+    k = max(0, int(k))
+    sampler = torch.Generator().manual_seed(0)  # only speeds up thresholds; results do not depend on it
+    cap = max(8 * (k + 1), 1 << 20)
+    cand_scores: torch.Tensor | None = None
+    cand_index = _empty()
+    available, ties_complete = 0, True
     for start, block in blocks():
         allowed = eligible(start, start + block.numel()).to(block.device)
-        position = allowed.nonzero().squeeze(1)
-        available += position.numel()
-        scores = torch.nan_to_num(_compare_dtype(block[position]), nan=float("-inf"))
-        position = position + start
-        if best_scores is None:
-            best_scores, best_index = scores, position
+        available += int(torch.count_nonzero(allowed))
+        scores = torch.nan_to_num(_compare_dtype(block.reshape(-1)), nan=float("-inf"))  # a new tensor
+        scores.masked_fill_(~allowed, float("-inf"))
+        keep = (scores >= _at_least(scores, k + 1, sampler)) & allowed
+        position = keep.nonzero().squeeze(1)
+        values, position = scores[position], position + start
+        if cand_scores is None:
+            cand_scores, cand_index = values, position
         else:
-            best_scores, best_index = torch.cat([best_scores, scores]), torch.cat([best_index.to(position.device), position])
-        if best_scores.numel() > k + 1:
-            top = torch.topk(best_scores, k + 1, sorted=False).indices
-            best_scores, best_index = best_scores[top], best_index[top]
-    k = max(0, min(int(k), available))
-    if k == 0 or best_scores is None:
-        return _empty(best_index.device)
-    kth = kth_largest(best_scores, k).to(best_scores.device)
-    above = best_index[best_scores > kth]
-    tied = best_scores == kth
+            cand_scores = torch.cat([cand_scores, values])
+            cand_index = torch.cat([cand_index.to(position.device), position])
+        if cand_scores.numel() > 2 * (k + 1):
+            keep = cand_scores >= _at_least(cand_scores, k + 1, sampler)
+            cand_scores, cand_index = cand_scores[keep], cand_index[keep]
+        if cand_scores.numel() > cap:  # a flood of ties: cut to k + 1, collect ties again later
+            top = torch.topk(cand_scores, k + 1, sorted=False).indices
+            cand_scores, cand_index = cand_scores[top], cand_index[top]
+            ties_complete = False
+    k = min(k, available)
+    if k == 0 or cand_scores is None:
+        return _empty(cand_index.device)
+    kth = kth_largest(cand_scores, k).to(cand_scores.device)
+    above = cand_index[cand_scores > kth]
+    tied = cand_scores == kth
     need = k - above.numel()
-    complete = best_scores.numel() == available  # every eligible score is among the candidates
-    if complete or int(tied.sum()) == need:
-        ties = torch.sort(best_index[tied]).values
+    if ties_complete or int(torch.count_nonzero(tied)) == need:
+        ties = torch.sort(cand_index[tied]).values
     else:  # more positions may tie at the threshold than the candidates hold: collect them all
         found = []
         for start, block in blocks():
             allowed = eligible(start, start + block.numel()).to(block.device)
-            scores = torch.nan_to_num(_compare_dtype(block), nan=float("-inf"))
+            scores = torch.nan_to_num(_compare_dtype(block.reshape(-1)), nan=float("-inf"))
             found.append((allowed & (scores == kth)).nonzero().squeeze(1) + start)
         ties = torch.cat(found)
     if generator is not None and ties.numel() > need:

@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from .errors import SparsenetsError
+from .index_sets import difference, merge
 
 
 class MaskStore(Mapping[str, torch.Tensor]):
@@ -174,7 +175,8 @@ class MaskStore(Mapping[str, torch.Tensor]):
             return
         index = index.to(self._device, copy=True)
         self._masks[name] = index
-        self._ever_active[name] = torch.unique(torch.cat([self._ever_active[name], index]))
+        ever = self._ever_active[name]
+        self._ever_active[name] = merge(ever, difference(index, ever))
         self._invalidate(name)
 
     def to(self, device: torch.device | str) -> MaskStore:
@@ -256,7 +258,7 @@ class MaskStore(Mapping[str, torch.Tensor]):
 
     def _ever_count(self, name: str) -> int:
         ever = self._ever_active[name]
-        return ever.numel() if name in self._compact else int(ever.sum())
+        return ever.numel() if name in self._compact else int(torch.count_nonzero(ever))
 
     def itop_rate(self, name: str | None = None) -> float:
         """In-Time Over-Parameterization rate: fraction of positions ever active."""

@@ -177,7 +177,7 @@ def _topk_flat(
     if eligible is not None:
         chosen &= eligible
         ties &= eligible
-    need = k - int(chosen.sum())
+    need = k - int(torch.count_nonzero(chosen))
     tie_index = ties.nonzero().squeeze(1)
     if generator is not None and tie_index.numel() > need:
         tie_index = tie_index[torch.randperm(tie_index.numel(), generator=generator).to(tie_index.device)]
@@ -208,11 +208,11 @@ def select_topk(
     """
     flat = scores.reshape(-1)
     pool = None if eligible is None else eligible.reshape(-1)
-    available = flat.numel() if pool is None else int(pool.sum())
+    available = flat.numel() if pool is None else int(torch.count_nonzero(pool))
     k = max(0, min(int(k), available))
     if prefer is not None and k > 0:
         preferred = prefer.reshape(-1) if pool is None else prefer.reshape(-1) & pool
-        n_preferred = int(preferred.sum())
+        n_preferred = int(torch.count_nonzero(preferred))
         if n_preferred >= k:
             return _topk_flat(flat, k, preferred, generator).reshape(scores.shape)
         rest = ~preferred if pool is None else pool & ~preferred

@@ -31,6 +31,7 @@ from ..index_sets import (
     ScoreBlocks,
     dense_blocks,
     difference,
+    merge,
     sample_absent,
     sample_absent_preferring,
     topk_over_blocks_preferring,
@@ -451,7 +452,7 @@ class DropAndGrow(Regrowing):
                     generator=generator,
                 )
             grown = grown.to(active.device)
-        return TopologyChange(torch.sort(torch.cat([kept, grown])).values, grown)
+        return TopologyChange(merge(kept, grown), grown)
 
 
 def drop_and_grow(

@@ -23,8 +23,8 @@ from torch import nn
 from ..index_sets import ScoreBlocks, dense_blocks
 from ..masks import MaskStore, index_to_mask
 from ..optim import mapped_state, replace_param_, reset_state_
-from ..sparse import SparseLinear, remap, sparsify_linear_
-from ..sparse.csr import csr_to_dense
+from ..sparse import SparseLinear, sparsify_linear_
+from ..sparse.csr import apply_remap, csr_to_dense, remap_plan
 
 
 class LayerBackend(Protocol):
@@ -279,12 +279,12 @@ class CSRLayer:
         Nothing of the dense shape is built."""
         layer, values = self.module, self.module.values
         new_index = new_index.to(values.device)
-        old_index = layer.flat_index()
-        new_values = remap(values.detach(), old_index, new_index)
+        plan = remap_plan(self.masks.index(self.name).to(values.device), new_index)  # the CSR order
+        new_values = apply_remap(values.detach(), plan)
         if grown_values is not None and grown.numel():
             where = torch.searchsorted(new_index, grown.to(new_index.device))
             new_values[where] = grown_values.to(new_values.device, new_values.dtype)
-        state = mapped_state(self.optimizer, values, lambda tensor: remap(tensor, old_index, new_index))
+        state = mapped_state(self.optimizer, values, lambda tensor: apply_remap(tensor, plan))
         layer.set_topology_index(new_index, new_values)
         if state:
             self.optimizer.state[values] = state

@@ -110,7 +110,7 @@ class GraNet(Regrowing, GMP):
         new_masks = {}
         for name, old_mask in ctx.masks.items():
             mask = pruned_masks[name]
-            n_regrow = drop_count(fraction, int(mask.sum()), old_mask.numel() - ctx.masks.nnz(name))
+            n_regrow = drop_count(fraction, int(torch.count_nonzero(mask)), old_mask.numel() - ctx.masks.nnz(name))
             after_drop = drop_and_grow(
                 mask,
                 drop_score=magnitude(ctx.weight(name)),

@@ -131,20 +131,6 @@ def mask_to_csr(mask: torch.Tensor, index_dtype: torch.dtype | None = None) -> t
     return crow.to(dtype), cols.to(dtype)
 
 
-def index_to_csr(
-    index: torch.Tensor, shape: tuple[int, int], index_dtype: torch.dtype | None = None
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(crow_indices (out+1,), col_indices (nnz,))`` of the sorted flat positions ``index``
-    ``(nnz,)`` int64 (``row * in + col``) of a matrix of ``shape`` (no dense tensor is built)."""
-    out_features, in_features = int(shape[0]), int(shape[1])
-    index = index.to(torch.int64)
-    dtype = index_dtype or index_dtype_for((out_features, in_features), int(index.numel()))
-    counts = torch.bincount(index // in_features, minlength=out_features)
-    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=index.device)
-    torch.cumsum(counts, 0, out=crow[1:])
-    return crow.to(dtype), (index % in_features).to(dtype)
-
-
 def row_indices(crow_indices: torch.Tensor) -> torch.Tensor:
     """``(nnz,)`` int64 row of each stored entry, expanded from ``crow_indices (out+1,)``."""
     counts = crow_indices.diff().to(torch.int64)
@@ -162,8 +148,14 @@ def transpose_structure(
         ``values[perm]`` are ``W``'s values in ``Wᵀ``'s CSR order. Index dtypes follow
         ``col_indices``.
     """
+    return _transpose(row_indices(crow_indices), col_indices, shape)
+
+
+def _transpose(
+    rows: torch.Tensor, col_indices: torch.Tensor, shape: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """:func:`transpose_structure` from each entry's row ``(nnz,)`` int64 and column."""
     out_features, in_features = shape
-    rows = row_indices(crow_indices)
     cols = col_indices.to(torch.int64)
     perm = torch.argsort(cols * out_features + rows)  # keys are unique: the order is total
     counts = torch.bincount(cols, minlength=in_features)
@@ -203,6 +195,26 @@ def structure_from_csr(
     return CSRStructure(crow, col, t_crow, t_col, perm, (out_features, in_features))
 
 
+def structure_from_index(index: torch.Tensor, shape: tuple[int, int], index_dtype: torch.dtype | None = None) -> CSRStructure:
+    """A :class:`CSRStructure` from the sorted flat positions ``index`` ``(nnz,)`` int64
+    (``row * in + col``; validated: strictly increasing, inside the matrix), with no dense
+    tensor and no second pass over the rows."""
+    out_features, in_features = int(shape[0]), int(shape[1])
+    index = index.to(torch.int64)
+    nnz = int(index.numel())
+    if nnz and (int(index[0]) < 0 or int(index[-1]) >= out_features * in_features):
+        raise SparsenetsError(f"index holds positions outside the {(out_features, in_features)} matrix")
+    if nnz > 1 and bool((index.diff() <= 0).any()):
+        raise SparsenetsError("index must be strictly increasing")
+    dtype = index_dtype or index_dtype_for((out_features, in_features), nnz)
+    rows = index // in_features
+    crow = torch.zeros(out_features + 1, dtype=torch.int64, device=index.device)
+    torch.cumsum(torch.bincount(rows, minlength=out_features), 0, out=crow[1:])
+    col = (index - rows * in_features).to(dtype)
+    t_crow, t_col, perm = _transpose(rows, col, (out_features, in_features))
+    return CSRStructure(crow.to(dtype), col, t_crow, t_col, perm, (out_features, in_features))
+
+
 def csr_to_mask(crow_indices: torch.Tensor, col_indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """The bool mask ``(out, in)`` of a CSR structure."""
     mask = torch.zeros(shape, dtype=torch.bool, device=col_indices.device)
@@ -228,6 +240,26 @@ def flat_index(crow_indices: torch.Tensor, col_indices: torch.Tensor, in_feature
     return row_indices(crow_indices) * int(in_features) + col_indices.to(torch.int64)
 
 
+def remap_plan(old_index: torch.Tensor, new_index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where each new position was in the old topology: ``(source (nnz_new,) int64, kept
+    (nnz_new,) bool)``; ``source`` is meaningful where ``kept``. Compute once, apply with
+    :func:`apply_remap` to the values and to every per-element optimizer state."""
+    if old_index.numel() == 0:
+        return torch.zeros_like(new_index), torch.zeros(new_index.shape, dtype=torch.bool, device=new_index.device)
+    source = torch.searchsorted(old_index, new_index).clamp_(max=old_index.numel() - 1)
+    return source, old_index[source] == new_index
+
+
+def apply_remap(values: torch.Tensor, plan: tuple[torch.Tensor, torch.Tensor], fill: float = 0.0) -> torch.Tensor:
+    """``values`` ``(nnz_old, ...)`` moved to the new topology of ``plan`` (:func:`remap_plan`):
+    kept positions keep their entry, new ones get ``fill``."""
+    source, kept = plan
+    result = torch.full((source.numel(), *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
+    if values.shape[0]:
+        result[kept] = values[source[kept]]
+    return result
+
+
 def remap(values: torch.Tensor, old_index: torch.Tensor, new_index: torch.Tensor, fill: float = 0.0) -> torch.Tensor:
     """Move per-nonzero ``values`` from one topology to another (pure).
 
@@ -241,10 +273,4 @@ def remap(values: torch.Tensor, old_index: torch.Tensor, new_index: torch.Tensor
         ``(nnz_new, ...)``: ``values`` of the kept positions, ``fill`` at the new ones; values at
         dropped positions are discarded.
     """
-    result = torch.full((new_index.numel(), *values.shape[1:]), fill, dtype=values.dtype, device=values.device)
-    if old_index.numel() == 0 or new_index.numel() == 0:
-        return result
-    where = torch.searchsorted(old_index, new_index).clamp_(max=old_index.numel() - 1)
-    kept = old_index[where] == new_index
-    result[kept] = values[where[kept]]
-    return result
+    return apply_remap(values, remap_plan(old_index, new_index), fill)

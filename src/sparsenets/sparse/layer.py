@@ -18,9 +18,9 @@ from .csr import (
     csr_to_mask,
     flat_index,
     index_dtype_for,
-    index_to_csr,
     stored_bytes,
     structure_from_csr,
+    structure_from_index,
 )
 from .functional import sparse_linear
 
@@ -165,10 +165,7 @@ class SparseLinear(nn.Module):
                 f"new_values must have shape ({nnz},) or {self.shape}, got {tuple(new_values.shape)}"
             )
         new_index = new_index.to(self.values.device)
-        if nnz and (int(new_index[0]) < 0 or int(new_index[-1]) >= self.out_features * self.in_features):
-            raise SparsenetsError(f"new_index holds positions outside the {self.shape} layer")
-        crow, col = index_to_csr(new_index, self.shape, index_dtype_for(self.shape, nnz))
-        self._set_structure(structure_from_csr(crow, col, self.shape))
+        self._set_structure(structure_from_index(new_index, self.shape, index_dtype_for(self.shape, nnz)))
         _replace_data(self.values, new_values.detach().to(self.values.device, self.values.dtype).clone())
         self.values.grad = None
 
