@@ -24,8 +24,11 @@ from pathlib import Path
 import torch
 from machine_info import cpu_model
 
+from sparsenets import DynamicSparsity
 from sparsenets.config import load_recipe
+from sparsenets.dst.base import as_topology_change
 from sparsenets.io import load_tensors
+from sparsenets.sparse import to_dense
 from sparsenets.training import run_training
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,6 +47,46 @@ def final_masks(run_dir: Path) -> dict[str, torch.Tensor]:
         elif kind == "mask_index":
             masks[name] = tensor.to(torch.int64)
     return masks
+
+
+class MaskedTwinCheck:
+    """Wraps ``DynamicSparsity._update_topology``: before each update, the masked backend's
+    answer for the same state; after it, whether the sparse backend's masks are the same."""
+
+    def __init__(self):
+        self.checked, self.identical = 0, 0
+        self.original = DynamicSparsity._update_topology
+
+    def __enter__(self):
+        check = self
+
+        def update(sparsifier, step):
+            expected = check.masked_answer(sparsifier, step)
+            check.original(sparsifier, step)
+            check.checked += 1
+            check.identical += all(torch.equal(sparsifier.masks.index(n), expected[n]) for n in expected)
+
+        DynamicSparsity._update_topology = update
+        return self
+
+    def __exit__(self, *exc):
+        DynamicSparsity._update_topology = self.original
+
+    @staticmethod
+    @torch.no_grad()
+    def masked_answer(sparsifier: DynamicSparsity, step: int) -> dict[str, torch.Tensor]:
+        dense = to_dense(sparsifier.model)
+        names = list(sparsifier.masks)
+        twin = DynamicSparsity(dense, torch.optim.SGD(dense.parameters(), lr=0.0), masks={
+            n: sparsifier.masks[n] for n in names}, total_steps=sparsifier.total_steps,
+            method=sparsifier.method, seed=sparsifier.seed, backend="masked")
+        params = dict(dense.named_parameters())
+        for name in names:
+            grad = sparsifier.dense_grad(name) if sparsifier.method.needs_dense_grad else sparsifier.grad(name)
+            params[name].grad = None if grad is None else grad.clone()
+        twin.step_count = step
+        changes = twin.method.update(twin, step)
+        return {n: as_topology_change(c, twin.masks.index(n), twin.masks.shapes[n]).index for n, c in changes.items()}
 
 
 def run_one(method: str, backend: str, args: argparse.Namespace, out_dir: Path) -> dict:
@@ -69,15 +112,20 @@ def run_one(method: str, backend: str, args: argparse.Namespace, out_dir: Path) 
     }
 
 
-def same_masks(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
-    return a.keys() == b.keys() and all(torch.equal(a[n], b[n]) for n in a)
+def overlap(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """Share of the active positions two runs have in common (all layers together)."""
+    common = sum(int(torch.isin(a[n], b[n]).sum()) for n in a)
+    return common / max(sum(a[n].numel() for n in a), 1)
 
 
 def format_table(rows: list[dict], markdown: bool) -> str:
-    header = ["method", "backend", "updates", "train s", "updates s", "share %", "test acc", "masks = masked"]
+    header = ["method", "backend", "updates", "train s", "updates s", "share %", "test acc",
+              "final overlap with masked", "updates equal to masked"]
     body = [[r["method"], r["backend"], str(r["topology_updates"]), f"{r['train_seconds']:.1f}",
              f"{r['topology_seconds']:.2f}", f"{r['topology_share_pct']:.1f}", f"{r['test_accuracy']:.4f}",
-             {True: "yes", False: "NO", None: "-"}[r.get("masks_equal_masked")]] for r in rows]
+             "-" if r.get("overlap_with_masked") is None else f"{r['overlap_with_masked']:.4f}",
+             "-" if r.get("updates_checked") is None else f"{r['updates_identical']}/{r['updates_checked']}"]
+            for r in rows]
     if markdown:
         lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in body])
@@ -96,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--update-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-check", dest="check", action="store_false",
+                        help="skip the untimed run that checks every update against the masked backend")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "topology_updates.json"))
     args = parser.parse_args(argv)
@@ -109,9 +159,17 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"[{time.perf_counter() - started:6.0f}s] {method} {backend}: train {row['train_seconds']:.1f}s, "
                       f"updates {row['topology_seconds']:.2f}s ({row['topology_share_pct']:.1f}%)", file=sys.stderr)
+            if args.check:
+                with MaskedTwinCheck() as check:
+                    run_one(method, "sparse", args, Path(tmp) / "check")
+                for row in rows:
+                    if row["method"] == method and row["backend"] == "sparse":
+                        row["updates_checked"], row["updates_identical"] = check.checked, check.identical
+                print(f"[{time.perf_counter() - started:6.0f}s] {method}: {check.identical}/{check.checked} "
+                      f"updates equal to the masked backend's", file=sys.stderr)
     for row in rows:
         twin = next((r for r in rows if r["method"] == row["method"] and r["backend"] == "masked"), None)
-        row["masks_equal_masked"] = None if twin is None or twin is row else same_masks(row["masks"], twin["masks"])
+        row["overlap_with_masked"] = None if twin is None or twin is row else overlap(row["masks"], twin["masks"])
     print(format_table(rows, args.markdown))
     info = {"cpu_model": cpu_model(), "cpus": os.cpu_count(), "threads": args.threads,
             "torch": torch.__version__, "loadavg": os.getloadavg(), "date": time.strftime("%Y-%m-%d %H:%M"),
