@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel bench-topology lint clean
 
 setup: $(STAMP) data
 
@@ -45,6 +45,9 @@ bench-pruning: setup
 
 bench-featsel: setup
 	$(VPY) benchmarks/feature_selection.py --markdown
+
+bench-topology: setup
+	$(VPY) benchmarks/topology_updates.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks
