@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
 
 from .errors import SparsenetsError
+from .launch import launched_by_torchrun
 
 log = logging.getLogger("sparsenets")
 
@@ -25,6 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="sparsenets", description="Sparse neural networks on PyTorch.")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     train = sub.add_parser("train", help="train a model from a YAML recipe")
@@ -39,6 +42,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--logger", dest="loggers", action="append", metavar="NAME",
                        help="per-step logger: csv (steps.csv, the default) or tensorboard; repeatable "
                             "or comma-separated, replaces the recipe's loggers")
+    train.add_argument("--nproc", type=_positive_int, default=1, metavar="N",
+                       help="data-parallel processes on this machine (through torchrun; default 1)")
+    train.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="R",
+                       help="with --nproc: restart all ranks from the last checkpoint up to R times")
+    train.add_argument("--check-masks", action="store_true",
+                       help="with several processes: compare the masks across ranks after every update")
+    train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the traceback of an error")
 
     rep = sub.add_parser("report", help="print the summary of a finished run or a pruned LLM directory")
     rep.add_argument("run_dir", help="a training run directory, or a directory written by prune-llm")
@@ -52,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _windows(value: str) -> int | None:
     return None if value == "all" else _positive_int(value)
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not an integer") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{value!r} must be 0 or a positive integer")
+    return number
 
 
 def _positive_int(value: str) -> int:
@@ -159,10 +180,23 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.loggers is not None:
         config = build_config({**config.model_dump(mode="json"), "loggers": args.loggers})
+    if args.check_masks:
+        config = build_config({**config.model_dump(mode="json"), "check_masks": True})
+    if args.nproc > 1 and not launched_by_torchrun():  # this process only launches the ranks
+        from .launch import run_ranks, without_option
+
+        if config.lottery is not None:
+            raise SparsenetsError("lottery (iterative magnitude pruning) runs in one process; drop --nproc")
+        argv = without_option(without_option(args.argv, "--nproc"), "--max-restarts")
+        if not args.resume and not args.out:  # every rank must write to the same directory
+            argv += ["--out", str(run_dir)]
+        return run_ranks(argv, args.nproc, args.max_restarts, debug=args.debug)
+    if args.max_restarts and not launched_by_torchrun():
+        raise SparsenetsError("--max-restarts needs --nproc N with N > 1")
     summary = run_training(
         config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
     )
-    if not args.quiet:
+    if not args.quiet and "test_accuracy" in summary:  # rank 0 (or the single process)
         print(format_summary(summary))
     return 0
 
@@ -183,6 +217,15 @@ def format_summary(summary: dict) -> str:
         + (f"{summary['itop_rate']:.4f}" if summary.get("itop_rate") is not None else "n/a"),
         f"time       {summary['train_seconds']:.1f} s training, "
         f"{100 * summary['topology_overhead']:.2f}% in {summary['topology_updates']} topology updates",
+    ]
+    if summary.get("world_size", 1) > 1:
+        check = summary.get("mask_check") or {}
+        lines.append(
+            f"processes  {summary['world_size']} (data parallel); "
+            + (f"masks identical on {summary['world_size']} ranks after all {check['updates_checked']} checked updates"
+               if check.get("enabled") else "masks not compared across ranks (--check-masks compares them)")
+        )
+    lines += [
         "",
         str(Report.from_dict(summary["report"])),
         "",
@@ -321,14 +364,19 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if getattr(args, "quiet", False) else logging.INFO,
-                        format="%(message)s")
+    args.argv = argv
+    args.debug = getattr(args, "debug", False)
+    quiet = getattr(args, "quiet", False) or (launched_by_torchrun() and os.environ.get("RANK", "0") != "0")
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods,
                 "select": _cmd_select, "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
     try:
         return commands[args.command](args)
     except SparsenetsError as error:
+        if args.debug:
+            raise
         print(f"sparsenets: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

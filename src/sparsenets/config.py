@@ -182,6 +182,9 @@ class TrainConfig(BaseModel):
     #: a step whose loss or gradients are not finite: ``error`` (stop, naming the step and the
     #: first such parameter; the last checkpoint stays) or ``skip`` (no update; counted).
     nonfinite: Literal["error", "skip"] = "error"
+    #: under ``torch.distributed``: compare a checksum of the masks across ranks after every
+    #: topology update and stop at the first difference (``sparsenets train --check-masks``).
+    check_masks: bool = False
     #: ``masked`` (dense weights times masks), ``sparse`` (CSR nn.Linear layers) or ``auto``.
     backend: str = "masked"
     #: per-step loggers: ``csv`` (``steps.csv``), ``tensorboard``; ``[]`` logs no steps.

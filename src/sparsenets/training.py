@@ -35,6 +35,15 @@ from tqdm.auto import tqdm
 from .config import TrainConfig, build_config, read_yaml
 from .data import Dataset, batches, load_dataset
 from .data.base import hold_out
+from .distributed import (
+    World,
+    all_reduce_sum,
+    barrier,
+    check_masks_agree,
+    init_from_env,
+    launched_by_torchrun,
+    shard,
+)
 from .dst import DynamicSparsity
 from .errors import SparsenetsError
 from .finite import first_nonfinite
@@ -88,6 +97,12 @@ class Trainer:
     steps_per_epoch: int
     #: ``(x_val, y_val)`` held out of the training set (``validation_size``), or None
     validation: tuple[torch.Tensor, torch.Tensor] | None = None
+    #: this process's rank among the data-parallel ranks (one process: the default world)
+    world: World = World()
+    #: what the training forward pass runs: the model, or its DistributedDataParallel wrapper
+    train_model: nn.Module | None = None
+    #: topology updates whose masks were compared across ranks (``check_masks``)
+    mask_checks: int = 0
 
     @classmethod
     def build(
@@ -103,6 +118,10 @@ class Trainer:
         ``masks`` (``{layer: bool}``) replaces the initial masks (and fixes the density);
         ``init_masks=False`` skips ``sparsity.init`` (a resumed run loads its masks instead)."""
         device = resolve_device(config.device)
+        world = init_from_env(device)
+        if world.active and device.type == "cuda":  # one GPU per rank
+            device = torch.device("cuda", world.local_rank)
+            torch.cuda.set_device(device)
         if config.threads:
             torch.set_num_threads(config.threads)
         data = load_dataset(config.dataset, data_dir=config.data_dir)
@@ -138,7 +157,13 @@ class Trainer:
                 auto_batch_size=config.batch_size,
                 **spec.options,
             )
-        return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch, validation)
+        train_model = model
+        if world.active:  # after the sparsifier: it holds the unwrapped module's parameters
+            from torch.nn.parallel import DistributedDataParallel
+
+            train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        return cls(config, device, data, model, optimizer, scheduler, sparsifier, steps_per_epoch, validation,
+                   world, train_model)
 
     def epoch_batches(self, epoch: int, first_step: int | None = None) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """``(global step, x, y)`` of epoch ``epoch`` in its order derived from (seed, epoch),
@@ -181,9 +206,18 @@ class Trainer:
                 break
             lr = self.optimizer.param_groups[0]["lr"]  # the rate this step uses
             self.optimizer.zero_grad(set_to_none=True)
-            logits = model(xb)
-            loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
-            loss.backward()
+            if self.world.active:  # this rank's shard; DDP averages the gradients over ranks
+                n = len(yb)
+                xb, yb = xb[shard(n, self.world)], yb[shard(n, self.world)]
+                logits = self.train_model(xb)
+                loss_sum = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing,
+                                                       reduction="sum")
+                (loss_sum * (self.world.size / n)).backward()  # averaged over ranks: the global mean
+                loss = all_reduce_sum(loss_sum.detach().reshape(1))[0] / n
+            else:
+                logits = model(xb)
+                loss = nn.functional.cross_entropy(logits, yb, label_smoothing=cfg.label_smoothing)
+                loss.backward()
             bad = first_nonfinite(loss, model)
             if bad is not None and cfg.nonfinite == "error":
                 raise SparsenetsError(
@@ -194,7 +228,11 @@ class Trainer:
                 skipped += 1
                 self.optimizer.zero_grad(set_to_none=True)
             elif self.sparsifier is not None:
+                updates = len(self.sparsifier.history)
                 self.sparsifier.step()
+                if cfg.check_masks and self.world.active and len(self.sparsifier.history) > updates:
+                    check_masks_agree(self.sparsifier.masks, step, self.world)
+                    self.mask_checks += 1
             else:
                 self.optimizer.step()
             if bad is None and (broken := first_nonfinite(None, model, grads=False)) is not None:
@@ -206,9 +244,11 @@ class Trainer:
             step_loss = loss.item()
             if steps is not None:
                 steps.record(step=step, epoch=epoch, loss=step_loss, lr=lr)
-            total_loss += step_loss * len(yb)
-            correct += int((logits.argmax(1) == yb).sum())
-            seen += len(yb)
+            counts = torch.tensor([int((logits.argmax(1) == yb).sum()), len(yb)])
+            step_correct, step_seen = (int(c) for c in all_reduce_sum(counts, self.world))
+            total_loss += step_loss * step_seen
+            correct += step_correct
+            seen += step_seen
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
         bar.close()
         if not seen:
@@ -369,34 +409,56 @@ def run_training(
 
         if stop_after_epochs is not None:
             raise SparsenetsError("stop_after_epochs is not available for lottery runs (they resume per round)")
+        if launched_by_torchrun():
+            raise SparsenetsError("lottery (iterative magnitude pruning) runs in one process; drop --nproc / torchrun")
         return run_lottery(config, run_dir, resume=resume, overwrite=overwrite, progress=progress)
     run_dir = Path(run_dir)
+    # Under torchrun every rank joins here, before anything is read or written; every rank runs
+    # the same checks (so they fail together), and only rank 0 writes.
+    world = init_from_env(resolve_device(config.device))
     if not resume:
         check_run_dir(run_dir, overwrite)
     if resume:
         check_resume_changes(resume_config(run_dir), config)
-    if resume and recover_dir(run_dir / "checkpoint"):
+    barrier(world)
+    if resume and world.is_main and recover_dir(run_dir / "checkpoint"):
         log.warning("restored the previous checkpoint of %s (a checkpoint swap was interrupted)", run_dir)
+    barrier(world)
     # A resumed run keeps the per-layer layout of its checkpoint (``auto`` is not re-measured).
-    backends = checkpoint_backends(run_dir / "checkpoint") if resume and config.sparsity.method != "dense" else None
+    backends = None
+    if resume:
+        info = checkpoint_info(run_dir / "checkpoint")
+        if info["world_size"] != world.size:
+            raise SparsenetsError(
+                f"--resume cannot change the number of processes ({info['world_size']} -> {world.size}): "
+                f"the run's batches are split by rank; resume with --nproc {info['world_size']}"
+            )
+        backends = info["backends"] if config.sparsity.method != "dense" else None
     # Building validates data, device and sparsity before anything is written.
     trainer = Trainer.build(config, backends, init_masks=not resume)  # resuming loads the masks
     check_loggers(config.loggers)
-    if not resume:
-        prepare_run_dir(run_dir, overwrite)
-    write_text(run_dir / "config.yaml", config.to_yaml())
-    state: dict[str, Any] = {"epoch": 0, "epochs": [], "train_seconds": 0.0, "wall_seconds": 0.0}
+    if world.is_main:
+        if not resume:
+            prepare_run_dir(run_dir, overwrite)
+        write_text(run_dir / "config.yaml", config.to_yaml())
+    state: dict[str, Any] = {"epoch": 0, "epochs": [], "train_seconds": 0.0, "wall_seconds": 0.0,
+                             "world_size": world.size, "mask_checks": 0}
     if resume:
         state = trainer.load_checkpoint(run_dir / "checkpoint")
+        trainer.mask_checks = int(state.get("mask_checks", 0))
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
     resume_step = state["epoch"] * trainer.steps_per_epoch if resume else None
-    loggers = make_loggers(config.loggers, run_dir, resume_step=resume_step)
+    loggers = make_loggers(config.loggers, run_dir, resume_step=resume_step) if world.is_main else []
     with StepRecorder(loggers, trainer.sparsifier) as steps:
-        _train_epochs(trainer, state, run_dir, steps, stop_after_epochs, progress)
+        _train_epochs(trainer, state, run_dir, steps, stop_after_epochs, progress and world.is_main)
     if state["epoch"] < config.epochs:
         return {"finished": False, "epoch": state["epoch"], "run_dir": str(run_dir)}
+    if not world.is_main:
+        barrier(world)  # rank 0 writes the summary
+        return {"finished": True, "rank": world.rank, "run_dir": str(run_dir)}
     summary = make_summary(trainer, state, run_dir)
     write_json(run_dir / "summary.json", summary)
+    barrier(world)
     return summary
 
 
@@ -427,9 +489,11 @@ def _train_epochs(
         state["epoch"] = epoch
         state["epochs"] = [*state["epochs"], record]
         state["wall_seconds"] += time.perf_counter() - t0
-        steps.flush()  # every step up to the checkpoint is on disk before it is
-        trainer.save_checkpoint(run_dir / "checkpoint", state)
-        write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in state["epochs"]))
+        state["mask_checks"] = trainer.mask_checks
+        if trainer.world.is_main:
+            steps.flush()  # every step up to the checkpoint is on disk before it is
+            trainer.save_checkpoint(run_dir / "checkpoint", state)
+            write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in state["epochs"]))
         epochs_this_call += 1
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f",
@@ -437,13 +501,14 @@ def _train_epochs(
         )
 
 
-def checkpoint_backends(path: Path) -> dict[str, str] | None:
-    """The per-layer backends saved in a checkpoint (None when it records none)."""
+def checkpoint_info(path: Path) -> dict[str, Any]:
+    """What a resume needs to know before building: ``{"backends": {layer: backend} | None,
+    "world_size": processes the run trained with}``."""
     if not (path / "state.pt").is_file():
         raise SparsenetsError(f"no checkpoint in {str(path)!r} (expected {path / 'state.pt'})")
-    sparsifier = load_torch(path / "state.pt").get("sparsifier") or {}
-    backends = sparsifier.get("backends")
-    return dict(backends) if backends else None
+    state = load_torch(path / "state.pt")
+    backends = (state.get("sparsifier") or {}).get("backends")
+    return {"backends": dict(backends) if backends else None, "world_size": int(state.get("world_size", 1))}
 
 
 def _json_line(record: dict[str, Any]) -> str:
@@ -486,6 +551,10 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
         "topology_overhead": topology_seconds / state["train_seconds"] if state["train_seconds"] else 0.0,
         "topology_updates": len(sparsifier.history) if sparsifier is not None else 0,
         "skipped_steps": sum(int(e.get("skipped_steps", 0)) for e in state["epochs"]),
+        "world_size": trainer.world.size,
+        # a difference stops the run, so a finished run's checked updates all agreed
+        "mask_check": {"enabled": config.check_masks, "updates_checked": trainer.mask_checks}
+        if trainer.world.active else None,
         "backend": config.backend,
         "backends": dict(sparsifier.backends) if sparsifier is not None else {},
         "device": str(trainer.device),
@@ -496,7 +565,7 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
 
 
 #: recipe keys a resumed run may change: where it runs and what it logs, not what it computes.
-RESUMABLE_CHANGES = frozenset({"device", "threads", "loggers", "data_dir", "nonfinite"})
+RESUMABLE_CHANGES = frozenset({"device", "threads", "loggers", "data_dir", "nonfinite", "check_masks"})
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:

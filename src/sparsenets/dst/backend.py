@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import nn
 
+from ..distributed import World
 from ..errors import SparsenetsError, choice_error
 from ..sparse.csr import SUPPORTED_DTYPES
 from .auto import Timer, time_layers
@@ -47,6 +48,36 @@ def check_backend(backend: object) -> str | dict[str, str]:
                 )
         return dict(backend)
     raise choice_error("backend", backend, BACKENDS)
+
+
+def distributed_backend(spec: str | dict[str, str], method: Method, world: World) -> str | dict[str, str]:
+    """``spec`` as it can run under data parallelism (``world.size > 1``).
+
+    The sparse backend resizes its ``values`` Parameters at every topology update, which
+    ``DistributedDataParallel`` (whose gradient buckets are laid out once) cannot follow. A method
+    that never changes the topology runs on it; with any other, ``auto`` becomes ``masked`` and
+    an explicit ``sparse`` is refused.
+    """
+    if not world.active or not changes_topology(method):
+        return spec
+    if spec == "auto":
+        log.info("backend auto: masked on every layer under torch.distributed (method %r changes the "
+                 "topology, and DDP cannot follow resized sparse parameters)", method.name)
+        return "masked"
+    if spec == "sparse" or (isinstance(spec, dict) and "sparse" in spec.values()):
+        raise SparsenetsError(
+            f"backend 'sparse' cannot run under torch.distributed with method {method.name!r}: its "
+            f"topology updates resize the CSR parameters, which DistributedDataParallel cannot follow; "
+            f"use backend='masked' (or a static method on the sparse backend)"
+        )
+    return spec
+
+
+def changes_topology(method: Method) -> bool:
+    """Whether ``method`` ever updates the topology (its ``is_update`` is not the static one)."""
+    from .base import Method
+
+    return type(method).is_update is not Method.is_update
 
 
 def linear_module_path(model: nn.Module, name: str) -> str | None:

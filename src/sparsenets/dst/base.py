@@ -97,6 +97,11 @@ class SparsityContext(Protocol):
         """``(nnz,)`` the gradient at the active positions (None before the first backward)."""
         ...
 
+    def gather_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` ``(rows, ...)`` in rank order: what a method measures on its
+        shard of the batch, made the whole batch's under data parallelism (else ``tensor``)."""
+        ...
+
     def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
         """The CPU generator of one random choice, derived from (seed, step, layer, stream)."""
         ...

@@ -203,4 +203,6 @@ class _CosineCapture:
         else:
             x = x.reshape(-1, x.shape[-1])  # (tokens, n_in)
             y = y.reshape(-1, y.shape[-1])  # (tokens, n_out)
+        # under data parallelism: the whole global batch, so every rank grows the same
+        x, y = self.ctx.gather_batch(x), self.ctx.gather_batch(y)
         self.ctx.state.similarity[self.name] = activation_cosine_similarity(x, y)

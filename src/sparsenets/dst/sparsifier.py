@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ..allocation import CustomAllocation, allocate_counts
+from ..distributed import broadcast_object, current_world, gather_rows
 from ..errors import SparsenetsError, check_density
 from ..index_sets import ScoreBlocks
 from ..masks import MaskStore
@@ -22,7 +23,7 @@ from ..select import random_mask
 from ..sparse import SparseLinear
 from ..targets import find_targets
 from .auto import Timer
-from .backend import check_backend, choose_backends
+from .backend import check_backend, choose_backends, distributed_backend
 from .base import Method, MethodState, as_topology_change
 from .layers import CSRLayer, LayerBackend, MaskedLayer
 from .registry import make_method
@@ -150,10 +151,13 @@ class DynamicSparsity:
         self._pending: bool | None = None  # set between the two halves of a step: is it an update?
         self.initial_counts = self.method.initial_counts(self)
         self._init_masks(masks, all_params)
+        backend = distributed_backend(backend, self.method, current_world())
         self.backends, self.backend_timings = choose_backends(
             backend, model, self.masks, self.method, batch_size=auto_batch_size, timer=auto_timer,
             optimizer=optimizer,
         )
+        # ``auto`` times on each rank; rank 0's choice is the run's (DDP needs one layout)
+        self.backends, self.backend_timings = broadcast_object((self.backends, self.backend_timings))
         self.layers: dict[str, LayerBackend] = {
             name: self._make_layer(name, all_params[name]) for name in names
         }
@@ -274,6 +278,11 @@ class DynamicSparsity:
     def active_grad(self, name: str) -> torch.Tensor | None:
         """``(nnz,)`` the gradient of ``name`` at its active positions (None before a backward)."""
         return self.layers[name].active_grad()
+
+    def gather_batch(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's ``tensor`` ``(rows, ...)`` concatenated in rank order (the whole global
+        batch under data parallelism); ``tensor`` itself in a single process."""
+        return gather_rows(tensor)
 
     def generator(self, step: int, name: str, stream: Stream) -> torch.Generator:
         """The CPU generator for one random choice at ``step`` for layer ``name``."""
