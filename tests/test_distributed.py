@@ -248,3 +248,59 @@ def test_cli_bad_process_options(args, message, tmp_path):
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def _rank_pids(marker: str) -> dict[int, int]:
+    """``{rank: pid}`` of the running ranks whose command line holds ``marker``."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in b" ".join(cmdline) and b"sparsenets.cli" in b" ".join(cmdline):
+            for item in environ:
+                if item.startswith(b"RANK=") and b"torch.distributed.run" not in b" ".join(cmdline):
+                    found[int(item[5:])] = int(entry.name)
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
+def test_killing_a_rank_restarts_all_from_the_checkpoint_and_finishes_like_an_uninterrupted_run(tmp_path):
+    import signal
+    import time
+
+    from sparsenets.io import load_tensors
+
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(method="set").replace("epochs: 2", "epochs: 12"))
+    whole = sparsenets("train", str(recipe), "--nproc", "2", "--out", str(tmp_path / "whole"), "--quiet")
+    assert whole.returncode == 0, whole.stderr
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "sparsenets.cli", "train", str(recipe), "--nproc", "2",
+                             "--max-restarts", "1", "--out", str(out), "--quiet"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        metrics = out / "metrics.jsonl"
+        if metrics.exists() and len(metrics.read_text().splitlines()) >= 3:
+            pids = _rank_pids(str(out))
+            if 1 in pids:
+                os.kill(pids[1], signal.SIGKILL)
+                killed = True
+                break
+        time.sleep(0.05)
+    stdout, stderr = proc.communicate(timeout=240)
+    assert killed, "the run finished before a rank could be killed"
+    assert proc.returncode == 0, stderr
+    assert "restart 1 of the ranks: resuming from the last checkpoint" in stderr
+    a, b = json.loads((tmp_path / "whole" / "summary.json").read_text()), json.loads((out / "summary.json").read_text())
+    assert a["test_accuracy"] == b["test_accuracy"] and a["epochs"] == b["epochs"] == 12
+    for part in ("model", "masks"):
+        x = load_tensors(tmp_path / "whole" / "checkpoint" / f"{part}.safetensors")
+        y = load_tensors(out / "checkpoint" / f"{part}.safetensors")
+        assert all(torch.equal(x[k], y[k]) for k in x), part

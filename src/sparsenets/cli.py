@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import SparsenetsError
-from .launch import launched_by_torchrun
+from .launch import launched_by_torchrun, restarted_by_torchrun
 
 log = logging.getLogger("sparsenets")
 
@@ -193,9 +193,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         return run_ranks(argv, args.nproc, args.max_restarts, debug=args.debug)
     if args.max_restarts and not launched_by_torchrun():
         raise SparsenetsError("--max-restarts needs --nproc N with N > 1")
-    summary = run_training(
-        config, run_dir, resume=bool(args.resume), overwrite=args.overwrite, progress=not args.quiet
-    )
+    resume, overwrite = bool(args.resume), args.overwrite
+    if restarted_by_torchrun():  # a rank died and torchrun restarted them all: continue the run
+        from .io import dir_version_exists
+
+        resume = dir_version_exists(run_dir / "checkpoint")  # run_training recovers a cut swap
+        overwrite = overwrite or not resume  # died before its first checkpoint: start it again
+        if os.environ.get("RANK") == "0":
+            log.warning("restart %s of the ranks: %s", os.environ.get("TORCHELASTIC_RESTART_COUNT"),
+                        "resuming from the last checkpoint" if resume else "starting again (no checkpoint yet)")
+    summary = run_training(config, run_dir, resume=resume, overwrite=overwrite, progress=not args.quiet)
     if not args.quiet and "test_accuracy" in summary:  # rank 0 (or the single process)
         print(format_summary(summary))
     return 0
@@ -379,6 +386,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sparsenets: error: {error}", file=sys.stderr)
         return 2
+    except Exception as error:  # a rank whose peer died: one line, so the launcher can restart cleanly
+        if args.debug or not launched_by_torchrun():
+            raise
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        print(f"sparsenets: error: rank {os.environ.get('RANK', '?')} stopped: {type(error).__name__}: "
+              f"{first[:300]} (--debug shows the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("sparsenets: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130

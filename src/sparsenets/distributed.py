@@ -72,7 +72,17 @@ def init_from_env(device: torch.device, timeout_s: float = 600.0) -> World:
             f"(or sparsenets train --nproc N)"
         )
     backend = "nccl" if device.type == "cuda" else "gloo"
-    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    rank, size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    timeout = timedelta(seconds=timeout_s)
+    # torchrun's agent hosts the store (else rank 0 does). The keys of a restarted attempt get
+    # their own prefix: a restart would otherwise read the dead attempt's addresses and fail to
+    # connect (seen with gloo under --max-restarts).
+    agent_store = os.environ.get("TORCHELASTIC_USE_AGENT_STORE", "").lower() == "true"
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), size,
+                          is_master=not agent_store and rank == 0, timeout=timeout)
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"sparsenets/attempt_{attempt}", store),
+                            rank=rank, world_size=size, timeout=timeout)
     world = current_world()
     log.info("rank %d of %d (%s)", world.rank, world.size, backend)
     return world

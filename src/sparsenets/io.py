@@ -143,6 +143,13 @@ def replace_dir(target: str | Path, fill: Callable[[Path], None]) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def dir_version_exists(target: str | Path) -> bool:
+    """Whether ``target`` exists, or a crash between :func:`replace_dir`'s renames left its
+    previous version for :func:`recover_dir` to put back."""
+    target = Path(target)
+    return target.exists() or _swap_names(target)[1].is_dir()
+
+
 def recover_dir(target: str | Path) -> bool:
     """Repair what a crash during :func:`replace_dir` left beside ``target``.
 

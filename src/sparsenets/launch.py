@@ -3,7 +3,9 @@ torchrun (``torch.distributed.run --standalone``).
 
 The ranks print their own messages (rank 0 the progress and summary; every rank a one-line
 error when it fails). The launcher passes them through and keeps torchrun's own banner and
-failure report off the screen: a failed run ends with the ranks' one-line errors, once each.
+failure report off the screen: a failed run ends with the ranks' one-line errors, once each; a
+run that torchrun restarted (``--max-restarts``) and that then finished says what it recovered
+from.
 """
 
 from __future__ import annotations
@@ -16,14 +18,23 @@ from collections.abc import Sequence
 
 #: torchrun's own lines: its banner, and glog-style log lines (``E1202 02:24:00.2 …``).
 _LAUNCHER_LINE = re.compile(r"^(\*{5,}|Setting OMP_NUM_THREADS|[EWI]\d{4} \d\d:\d\d:\d\d)")
-#: the first line of torchrun's failure report; nothing after it comes from the ranks.
-_FAILURE_START = re.compile(r"^[E]\d{4} .*(failed \(exitcode|ChildFailedError)")
+#: the first line of torchrun's own failure report (rank tracebacks carry a ``[rankN]:`` prefix);
+#: nothing after it comes from the ranks.
+_FAILURE_START = re.compile(r"^Traceback \(most recent call last\):$")
 
 
 def launched_by_torchrun() -> bool:
     """Whether the environment describes a rank of a multi-process launch (``WORLD_SIZE > 1``)."""
     try:
         return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    except ValueError:
+        return False
+
+
+def restarted_by_torchrun() -> bool:
+    """Whether torchrun has restarted the ranks (``--max-restarts``) after one of them failed."""
+    try:
+        return launched_by_torchrun() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0
     except ValueError:
         return False
 
@@ -71,14 +82,16 @@ def run_ranks(train_argv: Sequence[str], nproc: int, max_restarts: int = 0, *, d
             if in_report or _LAUNCHER_LINE.match(line):
                 continue
             if line.startswith("sparsenets: error:"):
-                if line not in errors:  # every rank fails alike: say it once
+                if line not in errors:  # every rank fails alike: say it once (at the end)
                     errors.append(line)
-                    sys.stderr.write(line)
                 continue
             sys.stderr.write(line)
         code = proc.wait()
     if code == 0:
+        for line in errors:  # failures torchrun recovered from by restarting the ranks
+            sys.stderr.write(line.replace("sparsenets: error:", "sparsenets: warning: recovered by a restart:", 1))
         return 0
+    sys.stderr.writelines(errors)
     if not errors:
         sys.stderr.write(
             f"sparsenets: error: the {nproc}-process run failed (torchrun exit code {code}); "
