@@ -185,6 +185,9 @@ class TrainConfig(BaseModel):
     #: under ``torch.distributed``: compare a checksum of the masks across ranks after every
     #: topology update and stop at the first difference (``sparsenets train --check-masks``).
     check_masks: bool = False
+    #: also write a checkpoint after every N-th optimizer step inside an epoch (None: at epoch
+    #: ends only); ``--resume`` then continues from the middle of the epoch.
+    checkpoint_every: int | None = Field(None, gt=0)
     #: ``masked`` (dense weights times masks), ``sparse`` (CSR nn.Linear layers) or ``auto``.
     backend: str = "masked"
     #: per-step loggers: ``csv`` (``steps.csv``), ``tensorboard``; ``[]`` logs no steps.

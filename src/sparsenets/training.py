@@ -23,7 +23,7 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -187,13 +187,21 @@ class Trainer:
         *,
         first_step: int | None = None,
         last_step: int | None = None,
+        totals: dict[str, float] | None = None,
+        on_step: Callable[[int, dict[str, float]], None] | None = None,
     ) -> dict[str, float]:
         """One pass over the training set in an order derived from (seed, epoch); ``steps``
         records every optimizer step. ``first_step`` / ``last_step`` (global, inclusive) train
-        only part of the epoch, in the same order (rewinding and resuming start mid-epoch)."""
+        only part of the epoch, in the same order (rewinding and resuming start mid-epoch).
+
+        ``totals`` (``{"loss", "correct", "seen", "skipped"}``: the sums of the part of the epoch
+        already trained, from a mid-epoch checkpoint) continue the epoch's metrics;
+        ``on_step(step, totals)`` is called after every optimizer step (step checkpoints)."""
         cfg, model = self.config, self.model
         model.train()
-        total_loss, correct, seen, skipped = 0.0, 0, 0, 0
+        totals = dict(totals) if totals else {}
+        total_loss, correct = float(totals.get("loss", 0.0)), int(totals.get("correct", 0))
+        seen, skipped = int(totals.get("seen", 0)), int(totals.get("skipped", 0))
         bar = tqdm(
             self.epoch_batches(epoch, first_step),
             total=self.steps_per_epoch,
@@ -250,6 +258,8 @@ class Trainer:
             correct += step_correct
             seen += step_seen
             bar.set_postfix(loss=f"{total_loss / seen:.4f}", refresh=False)
+            if on_step is not None:
+                on_step(step, {"loss": total_loss, "correct": correct, "seen": seen, "skipped": skipped})
         bar.close()
         if not seen:
             return {"train_loss": float("nan"), "train_accuracy": float("nan"), "skipped_steps": 0}
@@ -294,6 +304,7 @@ class Trainer:
                 "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(),
                 "torch_rng": torch.get_rng_state(),
+                **({"cuda_rng": torch.cuda.get_rng_state(self.device)} if self.device.type == "cuda" else {}),
                 **state,
             }
             if self.sparsifier is not None:
@@ -313,6 +324,9 @@ class Trainer:
         self.optimizer.load_state_dict(extra.pop("optimizer"))
         self.scheduler.load_state_dict(extra.pop("scheduler"))
         torch.set_rng_state(extra.pop("torch_rng").cpu())
+        cuda_rng = extra.pop("cuda_rng", None)
+        if cuda_rng is not None and self.device.type == "cuda":
+            torch.cuda.set_rng_state(cuda_rng.cpu(), self.device)
         if self.sparsifier is not None:
             sparse_state = extra.pop("sparsifier")
             sparse_state["masks"] = load_tensors(path / "masks.safetensors", self.device)
@@ -447,7 +461,10 @@ def run_training(
         state = trainer.load_checkpoint(run_dir / "checkpoint")
         trainer.mask_checks = int(state.get("mask_checks", 0))
         log.info("resuming %s from epoch %d", run_dir, state["epoch"])
-    resume_step = state["epoch"] * trainer.steps_per_epoch if resume else None
+    resume_step = None
+    if resume:
+        partial = state.get("partial")
+        resume_step = partial["step"] if partial else state["epoch"] * trainer.steps_per_epoch
     loggers = make_loggers(config.loggers, run_dir, resume_step=resume_step) if world.is_main else []
     with StepRecorder(loggers, trainer.sparsifier) as steps:
         _train_epochs(trainer, state, run_dir, steps, stop_after_epochs, progress and world.is_main)
@@ -470,16 +487,35 @@ def _train_epochs(
     stop_after_epochs: int | None,
     progress: bool,
 ) -> None:
-    """Train, evaluate and checkpoint epoch after epoch from ``state`` (updated in place)."""
+    """Train, evaluate and checkpoint epoch after epoch from ``state`` (updated in place).
+
+    With ``checkpoint_every: N`` a checkpoint is also written after every N-th optimizer step
+    inside an epoch; ``state["partial"]`` then holds the step reached and the epoch's running
+    sums, and a resume continues mid-epoch from there."""
     config = trainer.config
     epochs_this_call = 0
     while state["epoch"] < config.epochs:
         if stop_after_epochs is not None and epochs_this_call >= stop_after_epochs:
             break
         epoch = state["epoch"] + 1
+        partial = state.get("partial")
+        first = partial["step"] + 1 if partial else None
         t0 = time.perf_counter()
-        record: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(epoch, progress, steps)}
-        state["train_seconds"] += time.perf_counter() - t0
+        train_before = state["train_seconds"]
+
+        def checkpoint_step(step: int, totals: dict[str, float], epoch: int = epoch, t0: float = t0,
+                            train_before: float = train_before) -> None:
+            every = config.checkpoint_every
+            if not every or step % every or step % trainer.steps_per_epoch == 0:  # epoch ends: below
+                return
+            state["train_seconds"] = train_before + time.perf_counter() - t0
+            state["partial"] = {"step": step, "epoch": epoch, **totals}
+            _write_checkpoint(trainer, state, run_dir, steps)
+
+        record: dict[str, Any] = {"epoch": epoch, **trainer.train_epoch(
+            epoch, progress, steps, first_step=first, totals=partial, on_step=checkpoint_step)}
+        state["train_seconds"] = train_before + time.perf_counter() - t0
+        state.pop("partial", None)
         record.update(trainer.evaluate())
         record["lr"] = trainer.optimizer.param_groups[0]["lr"]
         if trainer.sparsifier is not None:
@@ -489,16 +525,22 @@ def _train_epochs(
         state["epoch"] = epoch
         state["epochs"] = [*state["epochs"], record]
         state["wall_seconds"] += time.perf_counter() - t0
-        state["mask_checks"] = trainer.mask_checks
+        _write_checkpoint(trainer, state, run_dir, steps)
         if trainer.world.is_main:
-            steps.flush()  # every step up to the checkpoint is on disk before it is
-            trainer.save_checkpoint(run_dir / "checkpoint", state)
             write_text(run_dir / "metrics.jsonl", "".join(_json_line(r) for r in state["epochs"]))
         epochs_this_call += 1
         log.info(
             "epoch %d/%d  loss %.4f  train acc %.4f  test acc %.4f",
             epoch, config.epochs, record["train_loss"], record["train_accuracy"], record["test_accuracy"],
         )
+
+
+def _write_checkpoint(trainer: Trainer, state: dict[str, Any], run_dir: Path, steps: StepRecorder) -> None:
+    """Rank 0 writes the checkpoint of ``state`` (after every logged step is on disk)."""
+    state["mask_checks"] = trainer.mask_checks
+    if trainer.world.is_main:
+        steps.flush()  # every step up to the checkpoint is on disk before it is
+        trainer.save_checkpoint(run_dir / "checkpoint", state)
 
 
 def checkpoint_info(path: Path) -> dict[str, Any]:
@@ -565,7 +607,9 @@ def make_summary(trainer: Trainer, state: dict[str, Any], run_dir: Path) -> dict
 
 
 #: recipe keys a resumed run may change: where it runs and what it logs, not what it computes.
-RESUMABLE_CHANGES = frozenset({"device", "threads", "loggers", "data_dir", "nonfinite", "check_masks"})
+RESUMABLE_CHANGES = frozenset(
+    {"device", "threads", "loggers", "data_dir", "nonfinite", "check_masks", "checkpoint_every"}
+)
 
 
 def _flat(data: Any, prefix: str = "") -> dict[str, Any]:
