@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .errors import SparsenetsError
+from .io import read_json
 from .launch import launched_by_torchrun, restarted_by_torchrun
 
 log = logging.getLogger("sparsenets")
@@ -167,6 +168,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     if args.resume:
         if args.recipe:
             raise SparsenetsError("give either a recipe or --resume RUN_DIR, not both")
+        if args.out:
+            raise SparsenetsError(f"--resume continues in its own directory {args.resume!r}; drop --out {args.out!r}")
         run_dir = Path(args.resume)
         config = resume_config(run_dir)
         if args.overrides or args.device:
@@ -250,8 +253,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"no summary.json (training run) or sparsity.json (pruned LLM) in {args.run_dir!r} "
             f"(is the run finished? resume it with --resume)"
         )
-    summary = json.loads(path.read_text())
-    print(json.dumps(summary, indent=2) if args.json else format_summary(summary))
+    summary = read_json(path, "run summary")
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    try:
+        text = format_summary(summary)
+    except (KeyError, TypeError, ValueError) as error:
+        raise SparsenetsError(
+            f"run summary {str(path)!r} is not one sparsenets wrote (missing or wrong {error}); "
+            f"--json prints it as it is"
+        ) from None
+    print(text)
     return 0
 
 
@@ -393,6 +406,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparsenets: error: rank {os.environ.get('RANK', '?')} stopped: {type(error).__name__}: "
               f"{first[:300]} (--debug shows the traceback)", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # e.g. `sparsenets report RUN | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("sparsenets: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
         return 130

@@ -39,6 +39,23 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def read_json(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """A JSON object from ``path``; a missing, unreadable or malformed file gives one line
+    naming it (``what`` says what the file is, e.g. ``"summary"``)."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SparsenetsError(f"{what} {str(path)!r} not found") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise SparsenetsError(f"{what} {str(path)!r} is not valid JSON ({error})") from None
+    except OSError as error:
+        raise SparsenetsError(f"cannot read {what} {str(path)!r}: {error.strerror or error}") from None
+    if not isinstance(data, dict):
+        raise SparsenetsError(f"{what} {str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write ``data`` as indented, strict JSON atomically (NaN and ±inf become null)."""
     write_text(path, json_text(data, indent=2) + "\n")

@@ -80,6 +80,12 @@ def resolve_device(name: str) -> torch.device:
         raise SparsenetsError(f"unknown device {name!r} (valid: auto, cpu, cuda, cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SparsenetsError(f"device {name!r} requested but CUDA is not available (use auto or cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise SparsenetsError(f"device {name!r} requested but this machine has {torch.cuda.device_count()} CUDA devices")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise SparsenetsError(f"device {name!r} requested but Apple's MPS is not available here (use auto or cpu)")
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise SparsenetsError(f"device {name!r} is not supported (valid: auto, cpu, cuda, cuda:N, mps)")
     return device
 
 

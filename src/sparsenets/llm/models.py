@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from ..errors import SparsenetsError
+from ..io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: Weight files of a Hugging Face model directory (one of them must be there).
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+
 def resolve_model_dir(name_or_path: str | Path) -> Path:
     """Directory of a loadable HF model: a local directory as is, or a known name (converted once).
 
@@ -105,8 +110,15 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     """
     path = Path(name_or_path).expanduser()
     if path.is_dir():
-        if not (path / "config.json").is_file():
+        config = read_json(path / "config.json", "model config") if (path / "config.json").is_file() else None
+        if config is None:
             raise SparsenetsError(f"model directory {str(path)!r} has no config.json")
+        if "model_type" not in config:
+            raise SparsenetsError(f"model config {str(path / 'config.json')!r} has no model_type: not a Hugging Face model")
+        if not any((path / name).is_file() for name in WEIGHT_FILES):
+            raise SparsenetsError(
+                f"model directory {str(path)!r} holds no weights (expected one of {', '.join(WEIGHT_FILES)})"
+            )
         return path
     name = str(name_or_path).lower()
     if name not in KNOWN_MODELS:
@@ -144,7 +156,10 @@ def load_causal_lm(
     _offline()
     with progress_bars(progress):  # also over the one-time GGUF conversion of a known name
         directory = resolve_model_dir(name_or_path)
-        model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            raise SparsenetsError(f"cannot load the model in {str(directory)!r}: {_first_line(error)}") from None
     return model.to(device).eval()
 
 
@@ -184,4 +199,14 @@ def load_tokenizer(name_or_path: str | Path):
     from transformers import AutoTokenizer
 
     _offline()
-    return AutoTokenizer.from_pretrained(resolve_model_dir(name_or_path), local_files_only=True)
+    directory = resolve_model_dir(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:
+        raise SparsenetsError(f"cannot load the tokenizer in {str(directory)!r}: {_first_line(error)}") from None
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an exception's message (at most 300 characters), or its type."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else type(error).__name__

@@ -33,7 +33,12 @@ DEFAULT_EVAL_WINDOWS = 64
 
 
 def _source_name(source: str | Path | None) -> str | None:
-    return None if source is None or str(source) == "austen" else str(source)
+    """``None`` for the bundled text (``"austen"``), else the path of a text file (checked)."""
+    if source is None or str(source) == "austen":
+        return None
+    if not Path(source).is_file():
+        raise SparsenetsError(f"text {str(source)!r} not found (give austen or a plain text file)")
+    return str(source)
 
 
 @dataclass(frozen=True)
