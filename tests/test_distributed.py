@@ -191,7 +191,7 @@ def cli_runs(tmp_path_factory):
     recipe = base / "recipe.yaml"
     recipe.write_text(RECIPE.format(method="rigl"))
     one = sparsenets("train", str(recipe), "--out", str(base / "one"), "--quiet")
-    two = sparsenets("train", str(recipe), "--nproc", "2", "--check-masks", "--out", str(base / "two"))
+    two = sparsenets("train", str(recipe), "--nproc", "2", "--out", str(base / "two"))  # checks by default
     return base, one, two
 
 

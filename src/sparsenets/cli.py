@@ -47,8 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="data-parallel processes on this machine (through torchrun; default 1)")
     train.add_argument("--max-restarts", type=_non_negative_int, default=0, metavar="R",
                        help="with --nproc: restart all ranks from the last checkpoint up to R times")
-    train.add_argument("--check-masks", action="store_true",
-                       help="with several processes: compare the masks across ranks after every update")
+    train.add_argument("--check-masks", action=argparse.BooleanOptionalAction, default=None,
+                       help="with several processes: compare the masks across ranks after every update "
+                            "(default: on)")
     train.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
                        help="show the traceback of an error")
 
@@ -183,8 +184,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         run_dir = Path(args.out) if args.out else Path("runs") / f"{config.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if args.loggers is not None:
         config = build_config({**config.model_dump(mode="json"), "loggers": args.loggers})
-    if args.check_masks:
-        config = build_config({**config.model_dump(mode="json"), "check_masks": True})
+    if args.check_masks is not None:
+        config = build_config({**config.model_dump(mode="json"), "check_masks": args.check_masks})
     if args.nproc > 1 and not launched_by_torchrun():  # this process only launches the ranks
         from .launch import run_ranks, without_option
 

@@ -183,8 +183,9 @@ class TrainConfig(BaseModel):
     #: first such parameter; the last checkpoint stays) or ``skip`` (no update; counted).
     nonfinite: Literal["error", "skip"] = "error"
     #: under ``torch.distributed``: compare a checksum of the masks across ranks after every
-    #: topology update and stop at the first difference (``sparsenets train --check-masks``).
-    check_masks: bool = False
+    #: topology update and stop at the first difference (on by default; one small all-gather per
+    #: update; ``false`` turns it off). No effect in a single process.
+    check_masks: bool = True
     #: also write a checkpoint after every N-th optimizer step inside an epoch (None: at epoch
     #: ends only); ``--resume`` then continues from the middle of the epoch.
     checkpoint_every: int | None = Field(None, gt=0)
