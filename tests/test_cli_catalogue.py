@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -88,6 +89,19 @@ CASES = [
     (["eval-ppl", "--model", "no_weights", "--seq-len", "0"], "--seq-len"),
     (["eval-ppl", "--model", "no_weights", "--text", "missing.txt"], "missing.txt"),
 ]
+def _read_only(path: str) -> bool:
+    """Whether nothing can be created in ``path`` (even as root), e.g. /sys."""
+    try:
+        os.rmdir(tempfile.mkdtemp(dir=path))
+    except OSError:
+        return Path(path).is_dir()
+    return False
+
+
+if _read_only("/sys"):  # permissions: a run directory that cannot be created
+    CASES.append((["train", R, "--out", "/sys/sparsenets-run"], "is not writable"))
+    CASES.append((["select", "data.csv", "--method", "wast", "--k", "2", "--epochs", "1", "--out", "/sys/sparsenets-select"],
+                  "/sys/sparsenets-select"))
 if not torch.cuda.is_available():
     CASES.append((["train", R, "--device", "cuda", "--out", "o"], "CUDA is not available"))
     CASES.append((["eval-ppl", "--model", "no_weights", "--device", "cuda"], "CUDA"))

@@ -400,6 +400,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"sparsenets: error: {error}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `sparsenets report RUN | head`: the reader left, nothing to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as error:  # the file system said no: permissions, a full disk, a read-only mount
+        if args.debug:
+            raise
+        where = f" {str(error.filename)!r}" if error.filename else ""
+        print(f"sparsenets: error: cannot write or read{where}: {error.strerror or error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sparsenets: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
+        return 130
     except Exception as error:  # a rank whose peer died: one line, so the launcher can restart cleanly
         if args.debug or not launched_by_torchrun():
             raise
@@ -407,12 +419,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sparsenets: error: rank {os.environ.get('RANK', '?')} stopped: {type(error).__name__}: "
               f"{first[:300]} (--debug shows the traceback)", file=sys.stderr)
         return 1
-    except BrokenPipeError:  # e.g. `sparsenets report RUN | head`: the reader left, nothing to say
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        return 0
-    except KeyboardInterrupt:
-        print("sparsenets: interrupted (resume with --resume RUN_DIR)", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -387,12 +388,23 @@ def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     parent = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
     if not parent.is_dir():
         raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
         raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is not writable")
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise SparsenetsError(
             f"run directory {str(run_dir)!r} is not empty (use --overwrite, or --resume {run_dir})"
         )
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether an entry can really be made in ``directory`` (``os.access`` says yes to root on a
+    read-only mount): a probe directory is created and removed at once."""
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".sparsenets-probe-", dir=directory))
+    except OSError:
+        return False
+    probe.rmdir()
+    return True
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
