@@ -39,6 +39,36 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def check_output_dir(out: Path, overwrite: bool, what: str, *, not_empty_hint: str) -> None:
+    """Refuse a path that cannot become the directory ``out`` (a file, under a file, in a
+    directory where nothing can be created) and, unless ``overwrite``, a non-empty one.
+
+    ``what`` names it in the errors (``"run directory"``); ``not_empty_hint`` says what to do
+    instead of mixing into a non-empty one (``"use --overwrite or another --out"``).
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise SparsenetsError(f"--out {str(out)!r} is a file, not a directory")
+    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
+    if not parent.is_dir():
+        raise SparsenetsError(f"cannot create {what} {str(out)!r}: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
+        raise SparsenetsError(f"cannot create {what} {str(out)!r}: {str(parent)!r} is not writable")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise SparsenetsError(f"{what} {str(out)!r} is not empty ({not_empty_hint})")
+
+
+def _can_create_in(directory: Path) -> bool:
+    """Whether an entry can really be made in ``directory`` (``os.access`` says yes to root on a
+    read-only mount): a probe directory is created and removed at once."""
+    try:
+        probe = Path(tempfile.mkdtemp(prefix=".sparsenets-probe-", dir=directory))
+    except OSError:
+        return False
+    probe.rmdir()
+    return True
+
+
 def read_json(path: str | Path, what: str = "file") -> dict[str, Any]:
     """A JSON object from ``path``; a missing, unreadable or malformed file gives one line
     naming it (``what`` says what the file is, e.g. ``"summary"``)."""

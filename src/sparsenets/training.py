@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -49,6 +47,7 @@ from .dst import DynamicSparsity
 from .errors import SparsenetsError
 from .finite import first_nonfinite
 from .io import (
+    check_output_dir,
     json_text,
     load_tensors,
     load_torch,
@@ -383,28 +382,7 @@ def make_scheduler(config: TrainConfig, optimizer, total_steps: int) -> torch.op
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
     """Refuse to mix a new run into a non-empty directory unless ``overwrite``, and a path that
     cannot become a directory (a file, or under a file or an unwritable directory)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise SparsenetsError(f"--out {str(run_dir)!r} is a file, not a directory")
-    parent = run_dir if run_dir.exists() else next((p for p in run_dir.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK) or not _can_create_in(parent):
-        raise SparsenetsError(f"cannot create run directory {str(run_dir)!r}: {str(parent)!r} is not writable")
-    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
-        raise SparsenetsError(
-            f"run directory {str(run_dir)!r} is not empty (use --overwrite, or --resume {run_dir})"
-        )
-
-
-def _can_create_in(directory: Path) -> bool:
-    """Whether an entry can really be made in ``directory`` (``os.access`` says yes to root on a
-    read-only mount): a probe directory is created and removed at once."""
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=".sparsenets-probe-", dir=directory))
-    except OSError:
-        return False
-    probe.rmdir()
-    return True
+    check_output_dir(run_dir, overwrite, "run directory", not_empty_hint=f"use --overwrite, or --resume {run_dir}")
 
 
 def prepare_run_dir(run_dir: Path, overwrite: bool) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 import re
 import time
 from dataclasses import dataclass, field
@@ -27,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import SparsenetsError, choice_error
-from ..io import write_json, write_text
+from ..io import check_output_dir, write_json, write_text
 
 #: Column names taken as the labels of a CSV when a supervised method gets no --label-column.
 LABEL_COLUMNS = ("label", "target", "y")
@@ -378,15 +377,7 @@ def _number(value: Any) -> float | None:
 
 def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty output directory unless ``overwrite``, and a path that cannot be one."""
-    if out.exists() and not out.is_dir():
-        raise SparsenetsError(f"--out {str(out)!r} is a file, not a directory")
-    parent = out if out.exists() else next((p for p in out.parents if p.exists()), Path("."))
-    if not parent.is_dir():
-        raise SparsenetsError(f"cannot create output directory {str(out)!r}: {str(parent)!r} is a file")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise SparsenetsError(f"cannot create output directory {str(out)!r}: {str(parent)!r} is not writable")
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise SparsenetsError(f"output directory {str(out)!r} is not empty (use --overwrite or another --out)")
+    check_output_dir(out, overwrite, "output directory", not_empty_hint="use --overwrite or another --out")
 
 
 def default_out(method: str, source: str) -> Path:
