@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel bench-topology lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel bench-topology bench-inference lint clean
 
 setup: $(STAMP) data
 
@@ -48,6 +48,9 @@ bench-featsel: setup
 
 bench-topology: setup
 	$(VPY) benchmarks/topology_updates.py --markdown
+
+bench-inference: setup
+	$(VPY) benchmarks/sparse_inference.py --markdown
 
 lint: setup
 	$(VPY) -m ruff check src tests benchmarks

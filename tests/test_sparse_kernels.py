@@ -243,3 +243,37 @@ def test_gather(lib, dtype):
     perm = torch.randperm(1000)
     assert torch.equal(kernels.gather(lib, values, perm), values[perm])
     assert kernels.gather(lib, values[:0], perm[:0]).shape == (0,)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("index_dtype", [torch.int32, torch.int64])
+@pytest.mark.parametrize("out_f, in_f, density, kind", [(1, 1, 1.0, "random"), (37, 53, 0.2, "rows"),
+                                                       (300, 700, 0.02, "random"), (64, 64, 0.0, "random")])
+def test_spmv_matches_dense_for_one_row(lib, dtype, index_dtype, out_f, in_f, density, kind):
+    mask, s, weight, values = _case(out_f, in_f, density, dtype, index_dtype=index_dtype, kind=kind)
+    x = torch.randn(1, in_f, dtype=dtype)
+    bias = torch.randn(out_f, dtype=dtype)
+    for b in (bias, None):
+        y = kernels.spmv(lib, s.crow_indices, s.col_indices, values, b, x)
+        assert y.shape == (1, out_f)
+        _close_to(y, x.double() @ weight.double().t() + (0 if b is None else b.double()), dtype)
+    for name, view in _layouts(torch.randn(1, in_f, dtype=dtype)):  # any layout of the one row
+        y = kernels.spmv(lib, s.crow_indices, s.col_indices, values, None, view)
+        _close_to(y, view.double() @ weight.double().t(), dtype)
+    with pytest.raises(SparsenetsError, match="one input row"):
+        kernels.spmv(lib, s.crow_indices, s.col_indices, values, None, torch.randn(2, in_f, dtype=dtype))
+
+
+def test_no_grad_batch_one_uses_spmv_and_equals_the_training_path(lib, monkeypatch):
+    torch.manual_seed(0)
+    layer = SparseLinear.from_dense(torch.nn.Linear(50, 30), torch.rand(30, 50) < 0.1)
+    x = torch.randn(1, 50)
+    calls = []
+    real = kernels.spmv
+    monkeypatch.setattr(kernels, "spmv", lambda *a: calls.append(1) or real(*a))
+    with torch.no_grad():
+        served = layer(x)
+        batched = layer(torch.randn(4, 50))  # larger batches keep the packed kernel
+    assert len(calls) == 1 and batched.shape == (4, 30)
+    trained = layer(x)  # with grad: the autograd path
+    torch.testing.assert_close(served, trained.detach(), atol=1e-6, rtol=1e-6)

@@ -349,6 +349,26 @@ void pack(const T* X, int64_t N, int64_t C, int64_t sn, int64_t sc, T* xp, int64
 }
 
 // out[k] = vals[perm[k]]
+// Batch 1 (serving one request): y (R,) = W x + b for x (C,), one gather per nonzero and no
+// packing (the packed kernels would pad the batch to a full vector). Two nonzeros per step keep
+// two independent loads in flight; rows are split across threads in static chunks.
+template <typename T, typename I>
+void spmv(int64_t R, const I* crow, const I* col, const T* vals, const T* bias, const T* x, T* y, int nt) {
+    const bool par = nt > 1 && static_cast<int64_t>(crow[R]) + R >= kParallelWork;
+#pragma omp parallel for schedule(static, 64) num_threads(nt) if (par)
+    for (int64_t i = 0; i < R; ++i) {
+        T a0 = bias ? bias[i] : T(0), a1 = T(0);
+        const int64_t k1 = crow[i + 1];
+        int64_t k = crow[i];
+        for (; k + 1 < k1; k += 2) {
+            a0 += vals[k] * x[col[k]];
+            a1 += vals[k + 1] * x[col[k + 1]];
+        }
+        if (k < k1) a0 += vals[k] * x[col[k]];
+        y[i] = a0 + a1;
+    }
+}
+
 template <typename T>
 void gather(const T* vals, const int64_t* perm, int64_t n, T* out, int nt) {
 #pragma omp parallel for schedule(static) num_threads(nt) if (nt > 1 && n >= kParallelWork)
@@ -359,7 +379,7 @@ void gather(const T* vals, const int64_t* perm, int64_t n, T* out, int nt) {
 
 extern "C" {
 
-int sn_abi_version() { return 3; }
+int sn_abi_version() { return 4; }
 
 int sn_openmp() {
 #ifdef _OPENMP
@@ -407,5 +427,15 @@ SN_SDDMM(f32_i32, float, int32_t)
 SN_SDDMM(f32_i64, float, int64_t)
 SN_SDDMM(f64_i32, double, int32_t)
 SN_SDDMM(f64_i64, double, int64_t)
+
+#define SN_SPMV(SUF, T, I)                                                                        \
+    void sn_spmv_##SUF(int64_t R, const I* crow, const I* col, const T* vals, const T* bias,      \
+                       const T* x, T* y, int nt) {                                                \
+        spmv<T, I>(R, crow, col, vals, bias, x, y, nt);                                          \
+    }
+SN_SPMV(f32_i32, float, int32_t)
+SN_SPMV(f32_i64, float, int64_t)
+SN_SPMV(f64_i32, double, int32_t)
+SN_SPMV(f64_i64, double, int64_t)
 
 }  // extern "C"

@@ -141,9 +141,12 @@ def sparse_linear(
         torch.is_grad_enabled()
         and (x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad))
     ):  # inference: the kernels directly, without the autograd bookkeeping
-        tile = kernels.DEFAULT_TILE
-        xp, _ = kernels.pack(lib, x2, tile)
-        y2 = kernels.spmm(lib, crow, col, values, None, bias, xp, x2.shape[0], tile)
+        if x2.shape[0] == 1:  # serving one request: no packing, no padded lanes
+            y2 = kernels.spmv(lib, crow, col, values, bias, x2)
+        else:
+            tile = kernels.DEFAULT_TILE
+            xp, _ = kernels.pack(lib, x2, tile)
+            y2 = kernels.spmm(lib, crow, col, values, None, bias, xp, x2.shape[0], tile)
     else:
         y2 = SparseLinearFunction.apply(x2, values, bias, crow, col, t_crow, t_col, perm, out_features)
     return y2 if x.dim() == 2 else y2.reshape(*x.shape[:-1], out_features)
