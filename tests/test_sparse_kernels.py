@@ -257,7 +257,7 @@ def test_spmv_matches_dense_for_one_row(lib, dtype, index_dtype, out_f, in_f, de
         y = kernels.spmv(lib, s.crow_indices, s.col_indices, values, b, x)
         assert y.shape == (1, out_f)
         _close_to(y, x.double() @ weight.double().t() + (0 if b is None else b.double()), dtype)
-    for name, view in _layouts(torch.randn(1, in_f, dtype=dtype)):  # any layout of the one row
+    for _name, view in _layouts(torch.randn(1, in_f, dtype=dtype)):  # any layout of the one row
         y = kernels.spmv(lib, s.crow_indices, s.col_indices, values, None, view)
         _close_to(y, view.double() @ weight.double().t(), dtype)
     with pytest.raises(SparsenetsError, match="one input row"):
