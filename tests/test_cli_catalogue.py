@@ -125,3 +125,26 @@ def test_bad_input_is_one_line_without_traceback_and_leaves_nothing(argv, words,
     assert re.match(r"sparsenets( [a-z-]+)?: error: ", lines[0]), lines[0]
     assert words in lines[0], lines[0]
     assert _snapshot(tmp_path) == before  # nothing written, nothing removed
+
+
+def test_report_into_a_pipe_closed_early_is_quiet(tmp_path):
+    """``sparsenets report RUN | head -1``: the reader leaves; no BrokenPipeError traceback."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src")}
+    run = tmp_path / "run"
+    made = subprocess.run([sys.executable, "-m", "sparsenets.cli", "train", R, "--set", "epochs=1", "--out", str(run),
+                           "--quiet"], capture_output=True, text=True, timeout=300, env=env)
+    assert made.returncode == 0, made.stderr
+    piped = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -m sparsenets.cli report {run} | head -1"],
+                           capture_output=True, text=True, timeout=120, env=env)
+    assert piped.returncode == 0, piped.stderr
+    assert piped.stdout.startswith("run ") and len(piped.stdout.splitlines()) == 1
+    assert "Traceback" not in piped.stderr and "BrokenPipe" not in piped.stderr
+    # a reader that exits before reading anything, and more output than a pipe buffers (a long
+    # report): the write itself fails with EPIPE
+    script = ("import sys, time; import sparsenets.cli as c; "
+              "c._cmd_report = lambda args: (time.sleep(0.5), print('x' * 300000))[0] or 0; "
+              "sys.exit(c.main(['report', 'anything']))")
+    closed = subprocess.run(["bash", "-c", f"set -o pipefail; {sys.executable} -c \"{script}\" | true"],
+                            capture_output=True, text=True, timeout=120, env=env)
+    assert closed.returncode == 0, closed.stderr
+    assert "Traceback" not in closed.stderr and "BrokenPipe" not in closed.stderr, closed.stderr

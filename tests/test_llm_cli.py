@@ -179,9 +179,16 @@ def test_refuses_non_empty_output_unless_overwrite(capsys, tmp_path, model_dir):
     code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "magnitude"))
     assert code == 2 and "--overwrite" in err
     assert (out / "keep.txt").read_text() == "mine"
+    # --overwrite replaces a previous prune-llm output only: foreign files are never deleted
     code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "magnitude", "--overwrite"))
+    assert code == 2 and "did not write (keep.txt)" in err and len(err.strip().splitlines()) == 1
+    assert (out / "keep.txt").read_text() == "mine"
+    (out / "keep.txt").unlink()
+    assert cli(capsys, *prune_args(directory, text, out, "--method", "magnitude"))[0] == 0
+    first = (out / "sparsity.json").read_text()
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "wanda", "--overwrite"))
     assert code == 0, err
-    assert not (out / "keep.txt").exists() and (out / "sparsity.json").is_file()
+    assert (out / "sparsity.json").read_text() != first and '"wanda"' in (out / "sparsity.json").read_text()
     assert [p.name for p in tmp_path.iterdir()] == ["busy"]  # no temporary folders left behind
 
 

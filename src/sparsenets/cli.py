@@ -394,7 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods,
                 "select": _cmd_select, "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
     try:
-        return commands[args.command](args)
+        code = commands[args.command](args)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit
+        return code
     except SparsenetsError as error:
         if args.debug:
             raise

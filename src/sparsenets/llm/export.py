@@ -29,7 +29,7 @@ from safetensors import safe_open
 from torch import nn
 
 from ..errors import SparsenetsError
-from ..io import load_tensors, replace_dir, save_tensors, write_json
+from ..io import check_output_dir, load_tensors, replace_dir, save_tensors, write_json
 from ..masks import MaskStore
 from ..select import NM, Structure, check_structure, keep_count, parse_structure
 from .adapters import get_adapter
@@ -109,10 +109,7 @@ def save_pruned(model: nn.Module, directory: str | Path, info: dict[str, Any], *
         The directory.
     """
     directory = Path(directory)
-    if directory.exists() and not directory.is_dir():
-        raise SparsenetsError(f"output {str(directory)!r} exists and is not a directory")
-    if directory.is_dir() and any(directory.iterdir()) and not overwrite:
-        raise SparsenetsError(f"output directory {str(directory)!r} is not empty (use --overwrite to replace it)")
+    check_pruned_output(directory, overwrite)
     record = dict(info)
     if structure is not None:
         record["structure"] = str(parse_structure(structure))
@@ -133,6 +130,22 @@ def save_pruned(model: nn.Module, directory: str | Path, info: dict[str, Any], *
     directory.parent.mkdir(parents=True, exist_ok=True)
     replace_dir(directory, fill)
     return directory
+
+
+def check_pruned_output(directory: str | Path, overwrite: bool) -> None:
+    """Refuse an output that cannot be written, a non-empty one unless ``overwrite``, and, even
+    with ``overwrite``, a non-empty directory that is not a previous ``prune-llm`` output (no
+    ``sparsity.json``): the save replaces the whole directory, and must not delete what
+    sparsenets did not write."""
+    directory = Path(directory)
+    check_output_dir(directory, overwrite, "output directory", not_empty_hint="use --overwrite to replace it")
+    if directory.is_dir() and any(directory.iterdir()) and not (directory / SPARSITY_FILE).is_file():
+        foreign = sorted(p.name for p in directory.iterdir())[:3]
+        raise SparsenetsError(
+            f"output directory {str(directory)!r} holds files prune-llm did not write ({', '.join(foreign)}"
+            f"{', …' if len(list(directory.iterdir())) > 3 else ''}); --overwrite replaces only a previous "
+            f"prune-llm output: choose another --out"
+        )
 
 
 def read_sparsity_info(directory: str | Path) -> dict[str, Any] | None:

@@ -20,7 +20,7 @@ import torch
 from .. import __version__
 from ..errors import SparsenetsError
 from .data import CALIBRATION_NOVELS, EVAL_NOVEL, SPLIT, calibration_batches, eval_windows
-from .export import read_sparsity_info, save_pruned
+from .export import check_pruned_output, read_sparsity_info, save_pruned
 from .methods import get_method
 from .models import load_causal_lm, load_tokenizer, progress_bars
 from .perplexity import perplexity
@@ -150,8 +150,7 @@ def prune_pretrained(
     """
     if out is not None:
         out = Path(out)
-        if out.is_dir() and any(out.iterdir()) and not overwrite:  # fail before the long work
-            raise SparsenetsError(f"output directory {str(out)!r} is not empty (use --overwrite to replace it)")
+        check_pruned_output(out, overwrite)  # fail before the long work
     target, parsed = resolve_sparsity(sparsity, structure)  # validate everything before loading
     get_method(method)
     check_allocation(allocation, parsed)
