@@ -195,5 +195,91 @@ def test_statistics_pass_stops_after_the_last_linear_input(family):
     sequential_calibration(model, tokens(4, 8), stats_factory=lambda layer: InputNormStats(layer.in_features),
                            on_block=lambda i, _b, stats: norms.update({i: stats}), batch_size=2, progress=False)
     handle.remove()
-    assert len(calls) == 2  # two mini-batches, output pass only
+    # two mini-batches in the output pass, and once in the one capture forward of their shape
+    # (it runs the blocks before the last to record each block's kwargs); none in the statistics pass
+    assert len(calls) == 3
     assert all(s.n_tokens == 32 for s in norms[0].values())
+
+
+def mixed_qwen2(seed: int = 0) -> torch.nn.Module:
+    """A 4-block Qwen2 whose layers mix full and sliding-window attention (window 3): the
+    sliding blocks are called with their own attention mask."""
+    torch.manual_seed(seed)
+    config = transformers.Qwen2Config(
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=3,
+        layer_types=["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
+    )
+    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 2:
+                p.normal_(0, 0.3)
+    return model.eval()
+
+
+def _block_outputs(model, adapter, ids):
+    outputs = []
+    hooks = [b.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+             for b in adapter.blocks(model)]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return outputs
+
+
+def test_mixed_layer_types_replay_each_block_with_its_own_kwargs():
+    model = mixed_qwen2()
+    adapter = get_adapter(model)
+    ids = tokens(2, 10)
+    reference = _block_outputs(model, adapter, ids)
+    inputs = adapter.capture_inputs(model, ids)
+    assert inputs.kwargs[0].get("attention_mask") is None and inputs.kwargs[2]["attention_mask"] is not None
+    with torch.no_grad():
+        for block, ref in zip(adapter.blocks(model), reference, strict=True):
+            inputs = adapter.run_block(block, inputs)
+            torch.testing.assert_close(inputs.hidden, ref, atol=1e-5, rtol=1e-5)
+    # another batch of the same shape reuses the per-block kwargs and still replays exactly
+    other = tokens(2, 10, seed=5)
+    reference = _block_outputs(model, adapter, other)
+    inputs = adapter.capture_inputs(model, other, like=adapter.capture_inputs(model, ids))
+    with torch.no_grad():
+        for block, ref in zip(adapter.blocks(model), reference, strict=True):
+            inputs = adapter.run_block(block, inputs)
+            torch.testing.assert_close(inputs.hidden, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_wanda_on_mixed_layer_types_equals_a_sequential_full_forward_reference():
+    """Reference: for block i, the input norms of its Linears come from full forwards of the model
+    whose blocks before i are already pruned (hooks on the real model, its own masks)."""
+    from sparsenets.llm import prune
+    from sparsenets.scores import wanda
+    from sparsenets.select import select
+
+    calibration = tokens(6, 12, seed=3)
+    model = mixed_qwen2()
+    reference = mixed_qwen2()
+    adapter = get_adapter(reference)
+    for block in adapter.blocks(reference):
+        linears = adapter.linears(block)
+        sums = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in linears.items()}
+        def record(_module, args, name):
+            sums[name].add_(args[0].detach().double().reshape(-1, args[0].shape[-1]).pow(2).sum(0))  # returns None
+
+        hooks = [layer.register_forward_pre_hook(lambda m, args, name=name: record(m, args, name))
+                 for name, layer in linears.items()]
+        with torch.no_grad():
+            for chunk in calibration.split(4):  # the same mini-batches as prune(batch_size=4)
+                reference(input_ids=chunk, use_cache=False)
+        for h in hooks:
+            h.remove()
+        with torch.no_grad():
+            for name, layer in linears.items():
+                keep = select(wanda(layer.weight, sums[name].sqrt()), layer.in_features // 2, group="row")
+                layer.weight.mul_(keep)
+    prune(model, calibration, method="wanda", sparsity=0.5, batch_size=4, progress=False)
+    for (name, ours), (_, theirs) in zip(adapter.prunable_linears(model).items(),
+                                         adapter.prunable_linears(reference).items(), strict=True):
+        disagree = float(((ours.weight == 0) != (theirs.weight == 0)).float().mean())
+        assert disagree == 0.0, f"{name}: masks differ on {disagree:.1%} of the weights"

@@ -1,11 +1,13 @@
 """Model-family knowledge, in one place: where the decoder blocks are and how to feed them.
 
 Every pruning method works block by block: it needs the list of decoder blocks, the prunable
-Linear layers inside a block, the hidden states that enter block 0 and the keyword arguments a
-block is called with (attention mask, position ids, rotary ``position_embeddings``). The inputs
-and kwargs are captured by running the model's own forward up to block 0 and stopping there (a
-forward pre-hook that raises), so the model computes embeddings, masks and rotary tables itself;
-the adapter only says where things are.
+Linear layers inside a block, the hidden states that enter block 0 and the keyword arguments
+*each* block is called with (attention mask, position ids, rotary ``position_embeddings``). The
+kwargs differ between blocks in models that mix layer types (sliding-window layers beside global
+ones get their own attention mask, in some families their own rotary table), so they are
+captured per block, by running the model's own forward with a pre-hook on every block and
+stopping at the last one (a hook that raises): the model computes embeddings, masks and rotary
+tables itself; the adapter only says where things are.
 
 Supported families (by ``config.model_type``):
 
@@ -33,26 +35,23 @@ OPT_FAMILY = ("opt",)
 
 
 class _Captured(Exception):
-    """Raised by the capture hook to stop the forward pass at block 0."""
-
-    def __init__(self, hidden: torch.Tensor, kwargs: dict[str, Any]):
-        super().__init__("captured")
-        self.hidden = hidden
-        self.kwargs = kwargs
+    """Raised by the capture hook to stop the forward pass once it has what it needs."""
 
 
 @dataclass(frozen=True)
 class BlockInputs:
-    """What enters a decoder block for one calibration mini-batch.
+    """What enters decoder block ``index`` for one calibration mini-batch.
 
     Attributes:
         hidden: (B, T, hidden_size) float hidden states.
-        kwargs: keyword arguments of the block call (attention mask, position ids, rotary
-            ``position_embeddings`` (cos, sin) each (B, T, head_dim), ...); the same for every block.
+        kwargs: per block, the keyword arguments of its call (attention mask of its layer type,
+            position ids, rotary ``position_embeddings`` (cos, sin) each (B, T, head_dim), ...).
+        index: the block these hidden states enter next.
     """
 
     hidden: torch.Tensor
-    kwargs: dict[str, Any]
+    kwargs: tuple[dict[str, Any], ...]
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -88,39 +87,55 @@ class DecoderAdapter:
         return out
 
     @torch.no_grad()
-    def capture_inputs(self, model: nn.Module, input_ids: torch.Tensor) -> BlockInputs:
-        """Run the model up to block 0 and return that block's inputs.
+    def capture_inputs(self, model: nn.Module, input_ids: torch.Tensor, like: BlockInputs | None = None) -> BlockInputs:
+        """The inputs of block 0 and the call kwargs of every block for ``input_ids``.
 
         Args:
             model: a causal LM of this family.
             input_ids: (B, T) int64 token ids.
+            like: inputs already captured for a batch of the same shape: its per-block kwargs are
+                reused (with no padding the masks, positions and rotary tables depend on the
+                shape only) and the forward stops at block 0.
         """
-        first = self.blocks(model)[0]
+        blocks = self.blocks(model)
+        if like is not None and like.hidden.shape[:2] != input_ids.shape:
+            raise SparsenetsError(f"inputs of shape {tuple(like.hidden.shape[:2])} reused for a batch {tuple(input_ids.shape)}")
+        last = 0 if like is not None else len(blocks) - 1
+        hidden: list[torch.Tensor] = []
+        kwargs: list[dict[str, Any]] = []
 
-        def hook(_module, args, kwargs):
-            kwargs = dict(kwargs)
-            hidden = args[0] if args else kwargs.pop("hidden_states")
-            if len(args) > 1:  # defensive: a family passing the attention mask positionally
-                kwargs.setdefault("attention_mask", args[1])
-            raise _Captured(hidden, kwargs)
+        def hook(index):
+            def record(_module, args, call_kwargs):
+                call_kwargs = dict(call_kwargs)
+                state = args[0] if args else call_kwargs.pop("hidden_states")
+                if len(args) > 1:  # defensive: a family passing the attention mask positionally
+                    call_kwargs.setdefault("attention_mask", args[1])
+                if index == 0:
+                    hidden.append(state)
+                call_kwargs = {k: v for k, v in call_kwargs.items() if k != "past_key_values"}
+                call_kwargs["use_cache"] = False
+                kwargs.append(call_kwargs)
+                if index == last:
+                    raise _Captured
+            return record
 
-        handle = first.register_forward_pre_hook(hook, with_kwargs=True)
+        handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks[: last + 1])]
         try:
             model(input_ids=input_ids, use_cache=False)
-        except _Captured as captured:
-            kwargs = {k: v for k, v in captured.kwargs.items() if k != "past_key_values"}
-            kwargs["use_cache"] = False
-            return BlockInputs(captured.hidden, kwargs)
+        except _Captured:
+            per_block = like.kwargs if like is not None else tuple(kwargs)
+            return BlockInputs(hidden[0], per_block, 0)
         finally:
-            handle.remove()
-        raise SparsenetsError(f"{self.family} model never reached its first decoder block")
+            for handle in handles:
+                handle.remove()
+        raise SparsenetsError(f"{self.family} model never reached its decoder block {last}")
 
     @staticmethod
     def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
-        """Call one block; returns its output (B, T, hidden_size) with the same kwargs."""
-        out = block(inputs.hidden, **inputs.kwargs)
+        """Call block ``inputs.index`` with its own kwargs; returns what enters the next block."""
+        out = block(inputs.hidden, **inputs.kwargs[inputs.index])
         hidden = out[0] if isinstance(out, tuple) else out
-        return BlockInputs(hidden, inputs.kwargs)
+        return BlockInputs(hidden, inputs.kwargs, inputs.index + 1)
 
 
 _ADAPTERS = {

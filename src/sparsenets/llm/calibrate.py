@@ -75,9 +75,13 @@ def sequential_calibration(
         return
     calibration = check_calibration(calibration)
     device = next(model.parameters()).device
-    batches: list[BlockInputs] = [
-        adapter.capture_inputs(model, chunk.to(device)) for chunk in calibration.split(batch_size)
-    ]
+    batches: list[BlockInputs] = []
+    by_shape: dict[tuple[int, ...], BlockInputs] = {}  # one full capture of the per-block kwargs per shape
+    for chunk in calibration.split(batch_size):
+        chunk = chunk.to(device)
+        inputs = adapter.capture_inputs(model, chunk, like=by_shape.get(tuple(chunk.shape)))
+        by_shape.setdefault(tuple(chunk.shape), inputs)
+        batches.append(inputs)
     for index, block in enumerate(tqdm(blocks, desc="calibrating blocks", disable=not progress)):
         linears = adapter.linears(block)
         stats = {name: stats_factory(layer) for name, layer in linears.items()}
