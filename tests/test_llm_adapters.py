@@ -264,10 +264,11 @@ def test_wanda_on_mixed_layer_types_equals_a_sequential_full_forward_reference()
     for block in adapter.blocks(reference):
         linears = adapter.linears(block)
         sums = {name: torch.zeros(layer.in_features, dtype=torch.float64) for name, layer in linears.items()}
-        def record(_module, args, name):
+
+        def record(_module, args, name, sums=sums):
             sums[name].add_(args[0].detach().double().reshape(-1, args[0].shape[-1]).pow(2).sum(0))  # returns None
 
-        hooks = [layer.register_forward_pre_hook(lambda m, args, name=name: record(m, args, name))
+        hooks = [layer.register_forward_pre_hook(lambda m, args, name=name, record=record: record(m, args, name))
                  for name, layer in linears.items()]
         with torch.no_grad():
             for chunk in calibration.split(4):  # the same mini-batches as prune(batch_size=4)
