@@ -20,6 +20,7 @@ from typing import Protocol
 import torch
 from torch import nn
 
+from ..errors import SparsenetsError
 from ..index_sets import ScoreBlocks, dense_blocks
 from ..masks import MaskStore, index_to_mask
 from ..optim import mapped_state, replace_param_, reset_state_
@@ -279,7 +280,13 @@ class CSRLayer:
         Nothing of the dense shape is built."""
         layer, values = self.module, self.module.values
         new_index = new_index.to(values.device)
-        plan = remap_plan(self.masks.index(self.name).to(values.device), new_index)  # the CSR order
+        old_index = self.masks.index(self.name).to(values.device)  # the CSR order of the values
+        if old_index.numel() != values.numel():
+            raise SparsenetsError(
+                f"mask store and CSR layer of {self.name!r} disagree ({old_index.numel()} vs {values.numel()} "
+                f"active weights); was the layer's topology changed outside the sparsifier?"
+            )
+        plan = remap_plan(old_index, new_index)
         new_values = apply_remap(values.detach(), plan)
         if grown_values is not None and grown.numel():
             where = torch.searchsorted(new_index, grown.to(new_index.device))
