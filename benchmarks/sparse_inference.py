@@ -21,7 +21,6 @@ side in the same run. Prints a table and writes JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import time
@@ -32,6 +31,7 @@ import torch
 from machine_info import cpu_model
 from torch import nn
 
+from sparsenets.io import write_json
 from sparsenets.sparse import SparseLinear, kernels
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -156,9 +156,7 @@ def main(argv: list[str] | None = None) -> int:
           f"native kernels: {info['native_kernels']}, total {info['total_seconds']:.0f} s")
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"benchmark": "sparse_inference", "args": vars(args), **info, "rows": rows}, indent=1))
-    tmp.replace(path)
+    write_json(path, {"benchmark": "sparse_inference", "args": vars(args), **info, "rows": rows})
     print(f"JSON {path}")
     return 0
 

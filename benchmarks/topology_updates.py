@@ -14,7 +14,6 @@ masks of the sparse run equal the masked run's (same seed).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
@@ -27,7 +26,7 @@ from machine_info import cpu_model
 from sparsenets import DynamicSparsity
 from sparsenets.config import load_recipe
 from sparsenets.dst.base import as_topology_change
-from sparsenets.io import load_tensors
+from sparsenets.io import load_tensors, write_json
 from sparsenets.sparse import to_dense
 from sparsenets.training import run_training
 
@@ -180,9 +179,7 @@ def main(argv: list[str] | None = None) -> int:
               "rows": [{k: v for k, v in r.items() if k != "masks"} for r in rows]}
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = path.with_suffix(".json.tmp")
-    tmp_path.write_text(json.dumps(result, indent=1))
-    tmp_path.replace(path)
+    write_json(path, result)
     print(f"JSON {path}")
     return 0
 

@@ -29,12 +29,28 @@ def tiny_model(family: str, *, tied: bool = False, seed: int = 0, hidden: int = 
         cls = {"llama": transformers.LlamaConfig, "mistral": transformers.MistralConfig,
                "qwen2": transformers.Qwen2Config}[family]
         config = cls(intermediate_size=2 * hidden, num_key_value_heads=2, **common)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():  # random init is tiny; widen it so pruning effects are visible
+    return _widened(transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32))
+
+
+def _widened(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` in eval mode with its matrices redrawn from N(0, 0.3²): the random init is tiny,
+    and pruning effects should be visible."""
+    with torch.no_grad():
         for p in model.parameters():
             if p.dim() == 2:
                 p.normal_(0, 0.3)
     return model.eval()
+
+
+def _block_outputs(model, adapter, ids):
+    outputs = []
+    hooks = [b.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
+             for b in adapter.blocks(model)]
+    with torch.no_grad():
+        model(input_ids=ids, use_cache=False)
+    for h in hooks:
+        h.remove()
+    return outputs
 
 
 def tokens(n: int, t: int, seed: int = 1) -> torch.Tensor:
@@ -64,13 +80,7 @@ def test_block_by_block_matches_full_forward(family):
     model = tiny_model(family)
     adapter = get_adapter(model)
     ids = tokens(3, 12)
-    reference = []
-    hooks = [b.register_forward_hook(lambda _m, _a, out: reference.append(out[0] if isinstance(out, tuple) else out))
-             for b in adapter.blocks(model)]
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=False)
-    for h in hooks:
-        h.remove()
+    reference = _block_outputs(model, adapter, ids)
     inputs = adapter.capture_inputs(model, ids)
     assert inputs.hidden.shape == (3, 12, 32)
     with torch.no_grad():
@@ -210,23 +220,7 @@ def mixed_qwen2(seed: int = 0) -> torch.nn.Module:
         num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=3,
         layer_types=["full_attention", "full_attention", "sliding_attention", "sliding_attention"],
     )
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    with torch.no_grad():
-        for p in model.parameters():
-            if p.dim() == 2:
-                p.normal_(0, 0.3)
-    return model.eval()
-
-
-def _block_outputs(model, adapter, ids):
-    outputs = []
-    hooks = [b.register_forward_hook(lambda _m, _a, out: outputs.append(out[0] if isinstance(out, tuple) else out))
-             for b in adapter.blocks(model)]
-    with torch.no_grad():
-        model(input_ids=ids, use_cache=False)
-    for h in hooks:
-        h.remove()
-    return outputs
+    return _widened(transformers.AutoModelForCausalLM.from_config(config, dtype=torch.float32))
 
 
 def test_mixed_layer_types_replay_each_block_with_its_own_kwargs():

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from .errors import SparsenetsError
+from .errors import SparsenetsError, first_line
 from .io import read_json
 from .launch import launched_by_torchrun, restarted_by_torchrun
 
@@ -417,9 +417,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as error:  # a rank whose peer died: one line, so the launcher can restart cleanly
         if args.debug or not launched_by_torchrun():
             raise
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
         print(f"sparsenets: error: rank {os.environ.get('RANK', '?')} stopped: {type(error).__name__}: "
-              f"{first[:300]} (--debug shows the traceback)", file=sys.stderr)
+              f"{first_line(error)} (--debug shows the traceback)", file=sys.stderr)
         return 1
 
 

@@ -46,3 +46,10 @@ def check_density(density: float, what: str = "density") -> float:
 def check_sparsity(sparsity: float, what: str = "sparsity") -> float:
     """Return ``sparsity`` (fraction of weights removed) as float if it lies in [0, 1), else raise."""
     return check_fraction(sparsity, what, include_zero=True, include_one=False)
+
+
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of an exception's message (at most ``limit`` characters), or its type's
+    name when the message is empty: what a one-line error quotes of a library's exception."""
+    text = str(error).strip()
+    return text.splitlines()[0][:limit] if text else type(error).__name__

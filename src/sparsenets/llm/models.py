@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import SparsenetsError
+from ..errors import SparsenetsError, first_line
 from ..io import read_json
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ def load_causal_lm(
         try:
             model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
-            raise SparsenetsError(f"cannot load the model in {str(directory)!r}: {_first_line(error)}") from None
+            raise SparsenetsError(f"cannot load the model in {str(directory)!r}: {first_line(error)}") from None
     return model.to(device).eval()
 
 
@@ -203,10 +203,5 @@ def load_tokenizer(name_or_path: str | Path):
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, RuntimeError) as error:
-        raise SparsenetsError(f"cannot load the tokenizer in {str(directory)!r}: {_first_line(error)}") from None
+        raise SparsenetsError(f"cannot load the tokenizer in {str(directory)!r}: {first_line(error)}") from None
 
-
-def _first_line(error: BaseException) -> str:
-    """The first line of an exception's message (at most 300 characters), or its type."""
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
