@@ -10,7 +10,7 @@ from .convert import (
 )
 from .csr import CSRStructure, build_structure, csr_to_mask, flat_index, remap, structure_from_csr
 from .functional import SparseLinearFunction, sparse_linear
-from .layer import SparseLinear
+from .layer import SparseLinear, fuse_relu
 
 __all__ = [
     "CSRStructure",
@@ -19,6 +19,7 @@ __all__ = [
     "build_structure",
     "csr_to_mask",
     "flat_index",
+    "fuse_relu",
     "load_sparse",
     "remap",
     "save_sparse",

@@ -45,41 +45,60 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-class SparseLinearFunction(torch.autograd.Function):
-    """Autograd function for ``y = x Wᵀ + b`` with ``W`` given by CSR values and structure.
+def _plan_for(lib: kernels._Library, x: torch.Tensor, out_features: int) -> tuple[kernels.Plan, int]:
+    """The kernels' vector widths and the panel width for a layer ``in -> out`` on ``x``'s dtype:
+    one panel of the wider side fills about half the L2 cache."""
+    pl = kernels.plan(lib)
+    return pl, kernels.panel_tile(max(x.shape[1], out_features), x.dtype, pl.pack)
 
-    ``apply(x, values, bias, crow, col, t_crow, t_col, perm, out_features)`` with
+
+class SparseLinearFunction(torch.autograd.Function):
+    """Autograd function for ``y = x Wᵀ + b`` (or ``relu(x Wᵀ + b)``) with ``W`` given by CSR
+    values and structure.
+
+    ``apply(x, values, bias, crow, col, t_crow, t_col, perm, out_features, relu)`` with
     ``x (N, in)``, ``values (nnz,)``, ``bias (out,) or None``, the structure of
     :class:`sparsenets.sparse.csr.CSRStructure`; returns ``y (N, out)`` row-major.
-    Gradients flow to ``x``, ``values`` and ``bias`` only.
+    Gradients flow to ``x``, ``values`` and ``bias`` only. With ``relu`` the activation is
+    fused: the kernel writes ``max(0, ·)`` and the backward gates ``grad_out`` by ``y > 0``
+    while packing it, so the pre-activation is never stored.
     """
 
     @staticmethod
-    def forward(ctx, x, values, bias, crow, col, t_crow, t_col, perm, out_features):  # noqa: D102
+    def forward(ctx, x, values, bias, crow, col, t_crow, t_col, perm, out_features, relu=False):  # noqa: D102
         lib = kernels.library() if x.device.type == "cpu" else None
         ctx.native = lib is not None
         ctx.out_features = out_features
         ctx.has_bias = bias is not None
+        ctx.relu = bool(relu)
         if lib is not None:
-            tile = kernels.DEFAULT_TILE
-            xp, _ = kernels.pack(lib, x, tile)  # x feature-major, in panels of `tile` rows
-            ctx.save_for_backward(xp, values, crow, col, t_crow, t_col, perm)
-            ctx.batch, ctx.tile = x.shape[0], tile
-            return kernels.spmm(lib, crow, col, values, None, bias, xp, x.shape[0], tile)
+            pl, tile = _plan_for(lib, x, out_features)
+            xp, _ = kernels.pack(lib, x, tile, width=pl.pack)  # x feature-major, in panels
+            y = kernels.spmm(
+                lib, crow, col, values, None, bias, xp, x.shape[0], tile, relu=ctx.relu, width=pl.spmm
+            )
+            ctx.save_for_backward(xp, values, crow, col, t_crow, t_col, perm, y if ctx.relu else None)
+            ctx.batch, ctx.tile, ctx.plan = x.shape[0], tile, pl
+            return y
         in_features = x.shape[1]
         weight = _csr(crow, col, values, (out_features, in_features))
         if bias is None:
             y_t = torch.sparse.mm(weight, x.t())  # (out, N) row-major
         else:
             y_t = torch.addmm(bias.unsqueeze(1), weight, x.t())
-        ctx.save_for_backward(x, values, crow, col, t_crow, t_col, perm)
-        return y_t.t().contiguous()
+        y = y_t.t().contiguous()
+        if ctx.relu:
+            y.clamp_(min=0)
+        ctx.save_for_backward(x, values, crow, col, t_crow, t_col, perm, y if ctx.relu else None)
+        return y
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: D102
         if ctx.native:
             return SparseLinearFunction._native_backward(ctx, grad_out)
-        x, values, crow, col, t_crow, t_col, perm = ctx.saved_tensors
+        x, values, crow, col, t_crow, t_col, perm, y = ctx.saved_tensors
+        if ctx.relu:
+            grad_out = grad_out.masked_fill(y <= 0, 0)
         out_features, in_features = ctx.out_features, x.shape[1]
         grad_x = grad_values = grad_bias = None
         if ctx.needs_input_grad[0]:
@@ -91,22 +110,25 @@ class SparseLinearFunction(torch.autograd.Function):
             grad_values = sampled.values()
         if ctx.has_bias and ctx.needs_input_grad[2]:
             grad_bias = grad_out.sum(0)
-        return grad_x, grad_values, grad_bias, None, None, None, None, None, None
+        return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None
 
     @staticmethod
     @once_differentiable
     def _native_backward(ctx, grad_out):
         lib = kernels.library()
-        xp, values, crow, col, t_crow, t_col, perm = ctx.saved_tensors
+        xp, values, crow, col, t_crow, t_col, perm, y = ctx.saved_tensors
+        pl = ctx.plan
         want_bias = ctx.has_bias and ctx.needs_input_grad[2]
-        gp, grad_bias = kernels.pack(lib, grad_out, ctx.tile, sums=want_bias)
+        gp, grad_bias = kernels.pack(lib, grad_out, ctx.tile, sums=want_bias, gate=y, width=pl.pack)
         grad_x = grad_values = None
         if ctx.needs_input_grad[1]:
-            grad_values = kernels.sddmm(lib, crow, col, gp, xp, ctx.tile)
+            grad_values = kernels.sddmm(lib, crow, col, gp, xp, ctx.tile, width=pl.sddmm)
         if ctx.needs_input_grad[0]:  # values in Wᵀ's order first: one parallel gather
             values_t = kernels.gather(lib, values, perm)
-            grad_x = kernels.spmm(lib, t_crow, t_col, values_t, None, None, gp, ctx.batch, ctx.tile)
-        return grad_x, grad_values, grad_bias, None, None, None, None, None, None
+            grad_x = kernels.spmm(
+                lib, t_crow, t_col, values_t, None, None, gp, ctx.batch, ctx.tile, width=pl.spmm
+            )
+        return grad_x, grad_values, grad_bias, None, None, None, None, None, None, None
 
 
 def sparse_linear(
@@ -119,8 +141,11 @@ def sparse_linear(
     t_col: torch.Tensor,
     perm: torch.Tensor,
     out_features: int,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """``x Wᵀ + b`` for ``x (..., in)``: leading dims are flattened, returns ``(..., out)``.
+    """``x Wᵀ + b`` (``relu(x Wᵀ + b)`` when ``relu``) for ``x (..., in)``: leading dims are
+    flattened, returns ``(..., out)``.
 
     Raises:
         SparsenetsError: ``x`` is not float32/float64 or its dtype differs from ``values``.
@@ -142,11 +167,15 @@ def sparse_linear(
         and (x.requires_grad or values.requires_grad or (bias is not None and bias.requires_grad))
     ):  # inference: the kernels directly, without the autograd bookkeeping
         if x2.shape[0] == 1:  # serving one request: no packing, no padded lanes
-            y2 = kernels.spmv(lib, crow, col, values, bias, x2)
+            y2 = kernels.spmv(lib, crow, col, values, bias, x2, relu=relu)
         else:
-            tile = kernels.DEFAULT_TILE
-            xp, _ = kernels.pack(lib, x2, tile)
-            y2 = kernels.spmm(lib, crow, col, values, None, bias, xp, x2.shape[0], tile)
+            pl, tile = _plan_for(lib, x2, out_features)
+            xp, _ = kernels.pack(lib, x2, tile, width=pl.pack)
+            y2 = kernels.spmm(
+                lib, crow, col, values, None, bias, xp, x2.shape[0], tile, relu=relu, width=pl.spmm
+            )
     else:
-        y2 = SparseLinearFunction.apply(x2, values, bias, crow, col, t_crow, t_col, perm, out_features)
+        y2 = SparseLinearFunction.apply(
+            x2, values, bias, crow, col, t_crow, t_col, perm, out_features, relu
+        )
     return y2 if x.dim() == 2 else y2.reshape(*x.shape[:-1], out_features)

@@ -6,7 +6,16 @@ with the host C++ compiler (``$CXX``, else ``g++`` / ``c++`` / ``clang++``; ``-O
 cached file. When no compiler is found or the build fails, :func:`library` returns ``None``,
 logs one warning, and the layer falls back to torch's CSR kernels (MKL): same results, slower.
 
+Vector paths: every kernel is compiled in two vector widths, 64 bytes (``avx512``: 16 floats
+a register) and 32 bytes (``avx2``: 8 floats). :func:`plan` picks, per kernel, 32 bytes when
+the library was built without AVX-512F, else the faster width as timed once on the machine
+(:func:`calibrate`). On a CPU without AVX-512 the 64-byte path still runs, each vector split in
+two by the compiler: that is how the tests check both paths on every machine. Panels are sized
+to the L2 cache (:func:`panel_tile`).
+
 Environment:
+    ``SPARSENETS_SPARSE_PATH``: ``auto`` (default), ``avx512`` or ``avx2``: one vector path
+        for every kernel.
     ``SPARSENETS_SPARSE_KERNELS``: ``auto`` (default: native when it builds), ``native``
         (raise if it cannot be built) or ``torch`` (never build; torch CSR only).
     ``SPARSENETS_CACHE_DIR``: where the built library goes (default
@@ -16,9 +25,10 @@ The tensor wrappers below take CPU tensors only and do no autograd; see ``functi
 Layouts (``N`` batch rows, ``ld = N`` rounded up to the vector width, pad entries zero):
 
 * :func:`pack`: ``x (N, C)`` with any strides -> ``xp``, ``xᵀ`` feature-major in panels of
-  ``tile`` batch columns (``tile >= ld``: plain ``xᵀ (C, ld)``), and optionally ``x.sum(0)``.
-* :func:`spmm`: ``Y (N, R) = bias + x Aᵀ`` for a CSR ``A (R, C)`` whose values are ``values``
-  (or ``values[perm]``), from the packed ``x``; written row-major.
+  ``tile`` batch columns (``tile >= ld``: plain ``xᵀ (C, ld)``), and optionally ``x.sum(0)``;
+  with ``gate`` (same shape), ``x`` is taken as zero where ``gate <= 0`` (ReLU's backward).
+* :func:`spmm`: ``Y (N, R) = bias + x Aᵀ`` (optionally through ReLU) for a CSR ``A (R, C)``
+  whose values are ``values`` (or ``values[perm]``), from the packed ``x``; written row-major.
 * :func:`sddmm`: ``out[k] = Σ_m a[m, row_k] · b[m, col_k]`` at the nonzeros of a CSR pattern,
   from packed ``a`` and ``b``.
 """
@@ -26,14 +36,17 @@ Layouts (``N`` batch rows, ``ld = N`` rounded up to the vector width, pad entrie
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
+import json
 import logging
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -43,12 +56,13 @@ from ..errors import SparsenetsError
 log = logging.getLogger(__name__)
 
 SOURCE = Path(__file__).with_name("_kernels.cpp")
-ABI_VERSION = 4
+ABI_VERSION = 5
 _FLAGS = ["-O3", "-march=native", "-std=c++17", "-shared", "-fPIC"]
 _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _ISUFFIX = {torch.int32: "i32", torch.int64: "i64"}
-_VEC_BYTES = 32
-DEFAULT_TILE = 256  # batch panel width: measured best or equal for every op at batch 100-256
+PATHS = {"avx512": 64, "avx2": 32}  # vector path -> vector bytes
+PANEL_L2_FRACTION = 0.5  # a panel (the rows one kernel pass reads at random) fills this much L2
+_DEFAULT_L2 = 1 << 20
 
 
 def mode() -> str:
@@ -141,7 +155,7 @@ def build(*, force: bool = False) -> Path:
 
 
 class _Library:
-    """The loaded shared library with typed entry points."""
+    """The loaded shared library with typed entry points, keyed ``(op, vector bytes, dtype[, index])``."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -149,26 +163,29 @@ class _Library:
         if self.dll.sn_abi_version() != ABI_VERSION:
             raise SparsenetsError(f"{path}: kernel ABI {self.dll.sn_abi_version()} != {ABI_VERSION}")
         self.openmp = bool(self.dll.sn_openmp())
+        self.avx512 = bool(self.dll.sn_avx512())
         p, i64, i32 = ctypes.c_void_p, ctypes.c_int64, ctypes.c_int
         self.fn = {}
         for t in _SUFFIX.values():
-            f = getattr(self.dll, f"sn_pack_{t}")
-            f.argtypes, f.restype = [p, i64, i64, i64, i64, p, i64, i64, p, i32], None
-            self.fn["pack", t] = f
             f = getattr(self.dll, f"sn_gather_{t}")
             f.argtypes, f.restype = [p, p, i64, p, i32], None
             self.fn["gather", t] = f
             for i in _ISUFFIX.values():
-                f = getattr(self.dll, f"sn_spmm_{t}_{i}")
-                f.argtypes, f.restype = [i64, p, p, p, p, p, p, i64, i64, i64, i64, p, i64, i32], None
-                self.fn["spmm", t, i] = f
-                f = getattr(self.dll, f"sn_sddmm_{t}_{i}")
-                f.argtypes, f.restype = [i64, p, p, p, p, i64, i64, i64, p, i32], None
-                self.fn["sddmm", t, i] = f
                 f = getattr(self.dll, f"sn_spmv_{t}_{i}")
-                f.argtypes, f.restype = [i64, p, p, p, p, p, p, i32], None
+                f.argtypes, f.restype = [i64, p, p, p, p, p, p, i32, i32], None
                 self.fn["spmv", t, i] = f
-
+            for w in PATHS.values():
+                f = getattr(self.dll, f"sn_pack_w{w}_{t}")
+                f.argtypes, f.restype = [p, p, i64, i64, i64, i64, p, i64, i64, p, i32], None
+                self.fn["pack", w, t] = f
+                for i in _ISUFFIX.values():
+                    f = getattr(self.dll, f"sn_spmm_w{w}_{t}_{i}")
+                    f.argtypes = [i64, p, p, p, p, p, p, i64, i64, i64, i64, p, i64, i32, i32]
+                    f.restype = None
+                    self.fn["spmm", w, t, i] = f
+                    f = getattr(self.dll, f"sn_sddmm_w{w}_{t}_{i}")
+                    f.argtypes, f.restype = [i64, p, p, p, p, i64, i64, i64, p, i32], None
+                    self.fn["sddmm", w, t, i] = f
 
 @functools.cache
 def _load() -> _Library | None:
@@ -193,9 +210,129 @@ def available() -> bool:
     return library() is not None
 
 
-def padded(n: int, dtype: torch.dtype) -> int:
-    """``n`` rounded up to the vector width of ``dtype`` (the leading dimension of packed data)."""
-    lanes = _VEC_BYTES // dtype.itemsize
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """Vector width (bytes, 64 or 32) of each kernel; data is packed for the wider of the two.
+
+    ``source`` says how it was chosen: ``"env"`` (``SPARSENETS_SPARSE_PATH``), ``"cpu"`` (no
+    AVX-512 in this build: 32 bytes) or ``"calibrated"`` (both widths timed on this machine).
+    """
+
+    spmm: int
+    sddmm: int
+    source: str = "cpu"
+
+    @property
+    def pack(self) -> int:
+        """Vector bytes the packed data is padded for."""
+        return max(self.spmm, self.sddmm)
+
+    def describe(self) -> str:
+        """E.g. ``"spmm avx512, sddmm avx2 (calibrated)"``."""
+        name = {width: key for key, width in PATHS.items()}
+        return f"spmm {name[self.spmm]}, sddmm {name[self.sddmm]} ({self.source})"
+
+
+def _requested_path() -> str:
+    value = os.environ.get("SPARSENETS_SPARSE_PATH", "auto").strip().lower() or "auto"
+    if value not in ("auto", *PATHS):
+        raise SparsenetsError(
+            f"SPARSENETS_SPARSE_PATH must be auto, {' or '.join(PATHS)}, got {value!r}"
+        )
+    return value
+
+
+def plan(lib: _Library) -> Plan:
+    """The vector widths the kernels run with: ``SPARSENETS_SPARSE_PATH`` when set; else 32
+    bytes where the build has no AVX-512; else each kernel's faster width as timed once on this
+    machine (:func:`calibrate`, cached next to the built library). On CPUs that execute 512-bit
+    operations as two 256-bit halves (AMD Zen 4) the wide path is not always the faster one."""
+    requested = _requested_path()
+    if requested != "auto":
+        return Plan(PATHS[requested], PATHS[requested], "env")
+    if not lib.avx512:
+        return Plan(32, 32, "cpu")
+    return _calibrated(lib)
+
+
+@functools.cache
+def _calibrated(lib: _Library) -> Plan:
+    cache = lib.path.with_suffix(f".plan{torch.get_num_threads()}.json")
+    try:
+        saved = json.loads(cache.read_text())
+        return Plan(int(saved["spmm"]), int(saved["sddmm"]), "calibrated")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    chosen = calibrate(lib)
+    try:
+        fd, tmp = tempfile.mkstemp(suffix=".json", dir=cache.parent)
+        with os.fdopen(fd, "w") as fh:
+            json.dump({"spmm": chosen.spmm, "sddmm": chosen.sddmm}, fh)
+        os.replace(tmp, cache)
+    except OSError as exc:  # an unwritable cache only costs a calibration per process
+        log.info("could not cache the kernel plan at %s: %s", cache, exc)
+    return chosen
+
+
+def calibrate(lib: _Library, *, repeats: int = 7, margin: float = 0.03) -> Plan:
+    """Time spmm and sddmm in both vector widths on a random 2048 × 2048 layer at 95% sparsity,
+    batch 128, interleaved; a kernel takes 64 bytes only when that is ``margin`` faster than 32
+    (the narrower width pads the batch less). About half a second."""
+    gen = torch.Generator().manual_seed(0)
+    rows = cols = 2048
+    per_row = cols // 20
+    col = torch.stack([torch.randperm(cols, generator=gen)[:per_row].sort().values for _ in range(rows)])
+    col = col.reshape(-1).to(torch.int32)
+    crow = torch.arange(0, rows * per_row + 1, per_row, dtype=torch.int32)
+    values = torch.randn(col.numel(), generator=gen)
+    x = torch.randn(128, cols, generator=gen)
+    best = {width: {"spmm": float("inf"), "sddmm": float("inf")} for width in PATHS.values()}
+    for _ in range(repeats):
+        for width in PATHS.values():
+            tile = panel_tile(cols, torch.float32, width)
+            xp, _ = pack(lib, x, tile, width=width)
+            start = time.perf_counter()
+            spmm(lib, crow, col, values, None, None, xp, 128, tile, width=width)
+            middle = time.perf_counter()
+            sddmm(lib, crow, col, xp, xp, tile, width=width)
+            end = time.perf_counter()
+            best[width]["spmm"] = min(best[width]["spmm"], middle - start)
+            best[width]["sddmm"] = min(best[width]["sddmm"], end - middle)
+    pick = {
+        op: 64 if best[64][op] * (1 + margin) < best[32][op] else 32 for op in ("spmm", "sddmm")
+    }
+    log.info("sparse kernel calibration (s): %s -> %s", best, pick)
+    return Plan(pick["spmm"], pick["sddmm"], "calibrated")
+
+
+@functools.cache
+def l2_bytes() -> int:
+    """Size of one core's L2 cache (from sysfs; 1 MiB when it cannot be read)."""
+    base = Path("/sys/devices/system/cpu/cpu0/cache")
+    try:
+        for index in sorted(base.glob("index*")):
+            if (index / "level").read_text().strip() == "2":
+                text = (index / "size").read_text().strip().upper()
+                scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+                return int(text.rstrip("KMG")) * scale
+    except (OSError, ValueError):
+        pass
+    return _DEFAULT_L2
+
+
+def panel_tile(features: int, dtype: torch.dtype, width: int) -> int:
+    """Panel width (batch columns) for packed data over ``features`` rows: the widest multiple
+    of the vector length whose panel (``features × tile`` values, the rows a kernel pass reads
+    at random) fits :data:`PANEL_L2_FRACTION` of the L2 cache, between one vector and 256."""
+    lanes = width // dtype.itemsize
+    fit = int(PANEL_L2_FRACTION * l2_bytes()) // max(1, features * dtype.itemsize)
+    return max(lanes, min(256, fit - fit % lanes))
+
+
+def padded(n: int, dtype: torch.dtype, width: int = 32) -> int:
+    """``n`` rounded up to the vector length of ``dtype`` on ``width``-byte vectors (the leading
+    dimension of packed data)."""
+    lanes = width // dtype.itemsize
     return -(-n // lanes) * lanes
 
 
@@ -216,23 +353,35 @@ def _dense(t: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
 
 
 def pack(
-    lib: _Library, x: torch.Tensor, tile: int, *, sums: bool = False
+    lib: _Library,
+    x: torch.Tensor,
+    tile: int,
+    *,
+    sums: bool = False,
+    gate: torch.Tensor | None = None,
+    width: int = 32,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``x (N, C)`` (any strides) packed feature-major in panels of ``tile`` batch columns.
+    """``x (N, C)`` (any strides) packed feature-major in panels of ``tile`` batch columns for
+    ``width``-byte vectors; with ``gate (N, C)``, ``x`` counts as zero where ``gate <= 0``.
 
-    Returns ``(xp, x.sum(0) (C,) or None)``; ``xp`` has ``C * ld`` elements, shaped ``(C, ld)``
-    (``ld = padded(N)``), laid out as panels (see ``_kernels.cpp``): only the kernels read it.
+    Returns ``(xp, x.sum(0) (C,) or None)`` (the sum after the gate); ``xp`` has ``C * ld``
+    elements, shaped ``(C, ld)`` (``ld = padded(N, dtype, width)``), laid out as panels (see
+    ``_kernels.cpp``): only the kernels read it.
     """
     if x.device.type != "cpu":
         raise SparsenetsError("native sparse kernels need CPU tensors")
+    if gate is not None:
+        x, gate = _dense(x), _dense(gate, x.dtype)
+        if gate.shape != x.shape:
+            raise SparsenetsError(f"pack gate shape {tuple(gate.shape)} != input {tuple(x.shape)}")
     n, c = x.shape
-    ld = padded(n, x.dtype)
+    ld = padded(n, x.dtype, width)
     xp = torch.empty(c, ld, dtype=x.dtype)
     total = torch.empty(c, dtype=x.dtype) if sums else None
     sn, sc = x.stride()
-    lib.fn["pack", _SUFFIX[x.dtype]](
-        x.data_ptr(), n, c, sn, sc, xp.data_ptr(), ld, tile, None if total is None else total.data_ptr(),
-        torch.get_num_threads(),
+    lib.fn["pack", width, _SUFFIX[x.dtype]](
+        x.data_ptr(), _ptr(gate), n, c, sn, sc, xp.data_ptr(), ld, tile,
+        None if total is None else total.data_ptr(), torch.get_num_threads(),
     )
     return xp, total
 
@@ -247,12 +396,16 @@ def spmm(
     xp: torch.Tensor,
     n: int,
     tile: int,
+    *,
+    relu: bool = False,
+    width: int = 32,
 ) -> torch.Tensor:
-    """``Y (n, R)`` row-major, ``Y[m, i] = bias[i] + Σ_k values[perm[k]] · x[m, col[k]]``.
+    """``Y (n, R)`` row-major, ``Y[m, i] = bias[i] + Σ_k values[perm[k]] · x[m, col[k]]``
+    (through ``max(0, ·)`` when ``relu``).
 
     ``crow (R+1,)``/``col (nnz,)`` (int32 or int64) are a CSR pattern over the ``C`` features
-    of ``xp``, the packed ``x (n, C)`` from :func:`pack` with the same ``tile``; ``perm`` (int64)
-    reorders ``values`` into that pattern's order, or None.
+    of ``xp``, the packed ``x (n, C)`` from :func:`pack` with the same ``tile`` and ``width``;
+    ``perm`` (int64) reorders ``values`` into that pattern's order, or None.
     """
     col = _dense(col)
     crow, values = _dense(crow, col.dtype), _dense(values)
@@ -260,9 +413,10 @@ def spmm(
     bias = None if bias is None else _dense(bias)
     rows = crow.numel() - 1
     y = torch.empty(n, rows, dtype=values.dtype)
-    lib.fn["spmm", _SUFFIX[values.dtype], _ISUFFIX[col.dtype]](
+    lib.fn["spmm", width, _SUFFIX[values.dtype], _ISUFFIX[col.dtype]](
         rows, _ptr(crow), _ptr(col), _ptr(values), _ptr(perm), _ptr(bias),
-        _ptr(xp), xp.shape[0], xp.shape[1], tile, n, y.data_ptr(), rows, torch.get_num_threads(),
+        _ptr(xp), xp.shape[0], xp.shape[1], tile, n, y.data_ptr(), rows, int(relu),
+        torch.get_num_threads(),
     )
     return y
 
@@ -274,11 +428,13 @@ def spmv(
     values: torch.Tensor,
     bias: torch.Tensor | None,
     x: torch.Tensor,
+    *,
+    relu: bool = False,
 ) -> torch.Tensor:
-    """``Y (1, R)``, ``Y[0, i] = bias[i] + Σ_k values[k] · x[0, col[k]]`` for one input row
-    ``x (1, C)`` (inference at batch 1): a gather per nonzero, no packing or padded lanes.
-    Measured on an AMD EPYC (AVX2, 2 threads) it beats the packed kernel at batch 1 only, so
-    the no-grad forward uses it for single rows."""
+    """``Y (1, R)``, ``Y[0, i] = bias[i] + Σ_k values[k] · x[0, col[k]]`` (through ``max(0, ·)``
+    when ``relu``) for one input row ``x (1, C)`` (inference at batch 1): a gather per nonzero,
+    no packing or padded lanes. Measured on an AMD EPYC (AVX2, 2 threads) it beats the packed
+    kernel at batch 1 only, so the no-grad forward uses it for single rows."""
     if x.dim() != 2 or x.shape[0] != 1:
         raise SparsenetsError(f"spmv takes one input row (1, C), got shape {tuple(x.shape)}")
     col = _dense(col)
@@ -288,7 +444,8 @@ def spmv(
     rows = crow.numel() - 1
     y = torch.empty(1, rows, dtype=values.dtype)
     lib.fn["spmv", _SUFFIX[values.dtype], _ISUFFIX[col.dtype]](
-        rows, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias), _ptr(x), y.data_ptr(), torch.get_num_threads(),
+        rows, _ptr(crow), _ptr(col), _ptr(values), _ptr(bias), _ptr(x), y.data_ptr(), int(relu),
+        torch.get_num_threads(),
     )
     return y
 
@@ -304,14 +461,21 @@ def gather(lib: _Library, values: torch.Tensor, perm: torch.Tensor) -> torch.Ten
 
 
 def sddmm(
-    lib: _Library, crow: torch.Tensor, col: torch.Tensor, ap: torch.Tensor, bp: torch.Tensor, tile: int
+    lib: _Library,
+    crow: torch.Tensor,
+    col: torch.Tensor,
+    ap: torch.Tensor,
+    bp: torch.Tensor,
+    tile: int,
+    *,
+    width: int = 32,
 ) -> torch.Tensor:
     """``out (nnz,)``, ``out[k] = Σ_m a[m, row_k] · b[m, col_k]`` for packed ``ap`` (R features)
-    and ``bp`` (C features) of the same batch, packed with the same ``tile``."""
+    and ``bp`` (C features) of the same batch, packed with the same ``tile`` and ``width``."""
     col = _dense(col)
     crow = _dense(crow, col.dtype)
     out = torch.empty(col.numel(), dtype=ap.dtype)
-    lib.fn["sddmm", _SUFFIX[ap.dtype], _ISUFFIX[col.dtype]](
+    lib.fn["sddmm", width, _SUFFIX[ap.dtype], _ISUFFIX[col.dtype]](
         crow.numel() - 1, _ptr(crow), _ptr(col), _ptr(ap), _ptr(bp), bp.shape[0], ap.shape[1], tile,
         out.data_ptr(), torch.get_num_threads(),
     )

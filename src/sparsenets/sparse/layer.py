@@ -24,6 +24,7 @@ from .csr import (
 )
 from .functional import sparse_linear
 
+ACTIVATIONS = (None, "relu")
 _STRUCTURE = ("crow_indices", "col_indices", "t_crow_indices", "t_col_indices", "perm")
 
 
@@ -42,6 +43,11 @@ class SparseLinear(nn.Module):
         bias: whether to add a trainable bias.
         dtype: float32 (default) or float64.
         device: where parameters and buffers live.
+        activation: ``None`` (default) or ``"relu"``: ``relu(x Wᵀ + b)`` fused into the kernel
+            (the output written through ``max(0, ·)``, the backward gated by ``y > 0`` while
+            the gradient is packed), one pass over ``(N, out)`` less each way and no stored
+            pre-activation. :func:`fuse_relu` sets it on a model's ``SparseLinear → ReLU``
+            pairs.
 
     Values and bias start as in ``nn.Linear`` (uniform in ``±1/sqrt(in_features)``).
     """
@@ -55,8 +61,12 @@ class SparseLinear(nn.Module):
         bias: bool = True,
         dtype: torch.dtype | None = None,
         device: torch.device | str | None = None,
+        activation: str | None = None,
     ):
         super().__init__()
+        if activation not in ACTIVATIONS:
+            raise SparsenetsError(f"SparseLinear activation must be None or 'relu', got {activation!r}")
+        self.activation = activation
         dtype = check_dtype(dtype or torch.get_default_dtype())
         self.in_features, self.out_features = int(in_features), int(out_features)
         if mask is None:
@@ -103,8 +113,9 @@ class SparseLinear(nn.Module):
                 layer.bias.copy_(linear.bias.detach())
         return layer
 
-    def to_dense(self) -> nn.Linear:
-        """An ``nn.Linear`` with the same function: weight zero outside the mask (exact)."""
+    def to_dense(self) -> nn.Module:
+        """An ``nn.Linear`` with the same function: weight zero outside the mask (exact); with
+        a fused activation, ``nn.Sequential(linear, nn.ReLU())``."""
         linear = nn.Linear(
             self.in_features,
             self.out_features,
@@ -116,7 +127,7 @@ class SparseLinear(nn.Module):
             linear.weight.copy_(self.dense_weight())
             if self.bias is not None:
                 linear.bias.copy_(self.bias.detach())
-        return linear
+        return nn.Sequential(linear, nn.ReLU()) if self.activation == "relu" else linear
 
     def dense_weight(self) -> torch.Tensor:
         """The dense weight ``(out, in)`` (a new tensor, detached; zeros outside the mask)."""
@@ -194,6 +205,7 @@ class SparseLinear(nn.Module):
         return sparse_linear(
             x, self.values, self.bias, self.crow_indices, self.col_indices,
             self.t_crow_indices, self.t_col_indices, self.perm, self.out_features,
+            relu=self.activation == "relu",
         )
 
     @property
@@ -242,6 +254,7 @@ class SparseLinear(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, nnz={self.nnz}, density={self.density:.4f}"
+            + (f", activation={self.activation}" if self.activation else "")
         )
 
     def structure_state(self) -> dict[str, Any]:
@@ -269,3 +282,25 @@ def _replace_data(param: nn.Parameter, data: torch.Tensor) -> None:
         param.data = torch.empty(0, dtype=other, device=data.device)
     param.data = data
 
+
+
+def fuse_relu(model: nn.Module) -> int:
+    """Fuse every ``SparseLinear`` directly followed by ``nn.ReLU`` inside an ``nn.Sequential``
+    of ``model``: the layer computes the ReLU itself (``activation="relu"``) and the ReLU module
+    becomes ``nn.Identity`` (same indices, same function). Returns how many pairs were fused.
+
+    Only ``nn.Sequential`` order is trusted: in any other module the forward may use the layer's
+    output elsewhere, so nothing is changed there.
+    """
+    fused = 0
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            layer, act = module._modules[first], module._modules[second]
+            if isinstance(layer, SparseLinear) and layer.activation is None and type(act) is nn.ReLU:
+                layer.activation = "relu"
+                module._modules[second] = nn.Identity()
+                fused += 1
+    return fused
