@@ -7,8 +7,9 @@ layer); the output layer (->10) is dense in every system. Systems:
 * ``masked``: dense ``nn.Linear`` layers whose weights are multiplied by their masks
   (``sparsenets.DynamicSparsity(method="static", backend="masked")``);
 * ``sparse``: the same with ``backend="sparse"`` (CSR :class:`sparsenets.sparse.SparseLinear`,
-  native kernels when they build, see ``sparsenets.sparse.kernels``);
+  native kernels when they build, see ``sparsenets.sparse.kernels``), ReLUs fused;
 * ``sparse-torch``: the same layer on torch's CSR kernels (MKL), ``SPARSENETS_SPARSE_KERNELS=torch``;
+* ``torch-csr``: a plain layer on torch's CSR kernels written without sparsenets (``systems.py``);
 * ``auto`` / ``auto-torch``: ``backend="auto"`` (each hidden layer timed dense vs CSR at the
   benchmark's batch size, the faster kept), with the native and with torch's CSR kernels; the
   table lists the backend chosen per layer and the timings the choice was made on;
@@ -32,7 +33,10 @@ round-robin rounds (medians reported). Measured:
 * accuracy: test accuracy after ``--epochs`` epochs at 99% (same data order for all);
 * kernels: the bare sparse kernels of one step for the hidden layers (forward, grad-values,
   grad-input except the first layer), native (in the ``sparse`` process) and torch CSR (in the
-  ``sparse-torch`` process): the floor a step can reach.
+  ``sparse-torch`` process): the floor a step can reach; each kernel also alone, with its
+  GFLOP/s (2 · batch · nnz per layer), and the vector path the native kernels chose.
+
+The CPU model, its vector flags, the L2 size and the thread count are printed and stored.
 
     .venv/bin/python benchmarks/sparse_speed.py                 # full run (~22 min)
     .venv/bin/python benchmarks/sparse_speed.py --quick         # smoke test (~2 min)
@@ -50,7 +54,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 from pathlib import Path
 
@@ -61,6 +64,7 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import torch  # noqa: E402
+from machine_info import machine  # noqa: E402
 from sparse_speed_parts import OUT  # noqa: E402
 from sparse_speed_parts.checks import bar_checks  # noqa: E402
 from sparse_speed_parts.measure import MEMORY_ENV  # noqa: E402
@@ -191,10 +195,13 @@ def main() -> None:
         for sparsity in args.sparsities:
             rows.append(measure_configuration(model_name, sparsity, args, work, sparselab_py))
     load_after = os.getloadavg()
+    info = machine()
+    print(f"\n{info['cpu']} ({info['cpu_kind']}; flags {' '.join(info['flags'])}; "
+          f"L2 {info['l2_bytes'] >> 10} KiB), {args.threads} threads, torch {torch.__version__}")
     print_table(rows, args, notes, load_before, load_after)
     checks = bar_checks(rows)
     if checks:
-        print("\nissue 10 bar (measured above):")
+        print("\ntargets of issues 10 and 20 (measured above):")
         for check in checks:
             print(
                 f"  [{'pass' if check['pass'] else 'FAIL'}] {check['claim']}: {check['measured']}"
@@ -205,8 +212,7 @@ def main() -> None:
             "config": {k: v for k, v in vars(args).items() if k not in ("worker", "result")}
             | {
                 "torch": torch.__version__,
-                "machine": platform.machine(),
-                "cpus": os.cpu_count(),
+                **info,
                 "loadavg_before": load_before,
                 "loadavg_after": load_after,
                 "lr": LR,

@@ -259,6 +259,15 @@ def test_calibration_is_cached_per_machine(lib, monkeypatch, tmp_path):
 def test_panel_tile_fits_half_the_l2(monkeypatch, features, dtype, width, expected):
     monkeypatch.setattr(kernels, "l2_bytes", lambda: 1 << 20)
     assert kernels.panel_tile(features, dtype, width) == expected
+    assert kernels.panel_tile(features, dtype, width, density=0.1) == expected
+
+
+@pytest.mark.parametrize("features, width, expected", [(4096, 64, 64), (784, 32, 256), (4096, 32, 64)])
+def test_panel_tile_fills_the_l2_at_high_sparsity(monkeypatch, features, width, expected):
+    monkeypatch.setattr(kernels, "l2_bytes", lambda: 1 << 20)
+    assert kernels.panel_tile(features, torch.float32, width, density=0.01) == expected
+    assert kernels.layer_plan(kernels.library(), features, features, features, torch.float32)[1] == (
+        kernels.panel_tile(features, torch.float32, kernels.plan(kernels.library()).pack, 1 / features))
 
 
 def test_non_contiguous_grad_output(lib):

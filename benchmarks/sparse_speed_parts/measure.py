@@ -71,12 +71,17 @@ def evaluate(model, x, y, batch: int) -> float:
     return correct / x.shape[0]
 
 
-def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict[str, float]:
-    """Median ms of the sparse kernels of one training step (hidden layers only), ``which`` is
-    ``native`` or ``torch``: forward, grad-values, grad-input (not for the first layer)."""
+def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict:
+    """The sparse kernels of one training step (hidden layers only), ``which`` is ``native`` or
+    ``torch``: forward, grad-values, grad-input (not for the first layer), each timed on its
+    own (median ms over ``repeats``, summed over the layers) with its rate in GFLOP/s
+    (``2 · batch · nnz`` floating-point operations per layer and kernel), plus ``kernel_ms``,
+    the median of the whole sequence run back to back: the floor a step can reach."""
     from sparsenets.sparse import build_structure, kernels
 
     lib = kernels.library()
+    if which == "native" and lib is None:
+        return {}
     layers = []
     gen = torch.Generator().manual_seed(0)
     for i, name in enumerate(hidden_names(sizes)):
@@ -95,28 +100,59 @@ def bare_kernels(sizes, init, batch: int, repeats: int, which: str) -> dict[str,
         )
         layers.append((i, s, v, b, x, g, w, wt))
 
-    def native(tile=kernels.DEFAULT_TILE):
-        for i, s, v, b, x, g, _, _ in layers:
-            xp, _ = kernels.pack(lib, x, tile)
-            kernels.spmm(lib, s.crow_indices, s.col_indices, v, None, b, xp, batch, tile)
-            gp, _ = kernels.pack(lib, g, tile, sums=True)
-            kernels.sddmm(lib, s.crow_indices, s.col_indices, gp, xp, tile)
-            if i > 0:
-                vt = kernels.gather(lib, v, s.perm)
-                kernels.spmm(
-                    lib, s.t_crow_indices, s.t_col_indices, vt, None, None, gp, batch, tile
-                )
+    def native_ops(i, s, v, b, x, g):
+        """The layer's native kernels as in SparseLinearFunction: {kind: callable}."""
+        plan, tile = kernels.layer_plan(lib, x.shape[1], g.shape[1], v.numel(), x.dtype)
+        xp, _ = kernels.pack(lib, x, tile, width=plan.pack)
+        gp, _ = kernels.pack(lib, g, tile, sums=True, width=plan.pack)
+        vt = kernels.gather(lib, v, s.perm)
+        ops = {
+            "pack": lambda: (kernels.pack(lib, x, tile, width=plan.pack),
+                             kernels.pack(lib, g, tile, sums=True, width=plan.pack)),
+            "forward": lambda: kernels.spmm(
+                lib, s.crow_indices, s.col_indices, v, None, b, xp, batch, tile, relu=True, width=plan.spmm
+            ),
+            "grad_values": lambda: kernels.sddmm(
+                lib, s.crow_indices, s.col_indices, gp, xp, tile, width=plan.sddmm
+            ),
+        }
+        if i > 0:
+            ops["grad_input"] = lambda: (
+                kernels.gather(lib, v, s.perm),
+                kernels.spmm(lib, s.t_crow_indices, s.t_col_indices, vt, None, None, gp, batch, tile,
+                             width=plan.spmm),
+            )
+        return ops
 
-    def torch_csr():
-        for i, _, _, b, x, g, w, wt in layers:
-            torch.addmm(b.unsqueeze(1), w, x.t()).t().contiguous()
-            torch.sparse.sampled_addmm(w, g.t(), x, beta=0.0).values()
-            if i > 0:
-                torch.sparse.mm(wt, g.t()).t().contiguous()
+    def torch_ops(i, s, v, b, x, g, w, wt):
+        ops = {
+            "forward": lambda: torch.addmm(b.unsqueeze(1), w, x.t()).t().contiguous(),
+            "grad_values": lambda: torch.sparse.sampled_addmm(w, g.t(), x, beta=0.0).values(),
+        }
+        if i > 0:
+            ops["grad_input"] = lambda: torch.sparse.mm(wt, g.t()).t().contiguous()
+        return ops
 
+    per_layer = [
+        (native_ops(*layer[:6]) if which == "native" else torch_ops(*layer), int(layer[2].numel()))
+        for layer in layers
+    ]
+    result: dict = {"kernel_ms": median_ms(lambda: [op() for ops, _ in per_layer for op in ops.values()],
+                                           repeats)}
+    per_kernel: dict[str, dict[str, float]] = {}
+    for ops, nnz in per_layer:
+        for kind, op in ops.items():
+            entry = per_kernel.setdefault(kind, {"ms": 0.0, "gflop": 0.0})
+            entry["ms"] += median_ms(op, repeats)
+            if kind != "pack":
+                entry["gflop"] += 2 * batch * nnz / 1e9
+    for entry in per_kernel.values():
+        entry["gflops"] = entry["gflop"] / (entry["ms"] / 1e3) if entry["gflop"] else None
+    result["per_kernel"] = per_kernel
     if which == "native":
-        return {"kernel_ms": median_ms(native, repeats)} if lib is not None else {}
-    return {"kernel_ms": median_ms(torch_csr, repeats)}
+        plan = kernels.plan(lib)
+        result["kernel_plan"] = plan.describe()
+    return result
 
 
 def measure_memory(model, optimizer, after_step, batches) -> dict:

@@ -35,6 +35,7 @@ PLOT_SYSTEMS = {  # system: (label, colour)
     "masked": ("masked (dense x mask)", "#9e9e9e"),
     "sparselab": ("sparselab 0.2.2", "#e69f00"),
     "sparse-torch": ("sparsenets, torch CSR", "#56b4e9"),
+    "torch-csr": ("plain torch-CSR layer", "#cc79a7"),
     "sparse": ("sparsenets, native kernels", "#0072b2"),
 }
 
@@ -148,8 +149,14 @@ def print_table(rows, args, notes, load_before, load_after) -> None:
                     + ("native" if r.get("kernels") == "native" else "torch CSR")
                     + ")"
                 )
+                per_kernel = ", ".join(
+                    f"{kind} {k['ms']:.2f} ms" + (f" {k['gflops']:.0f} GFLOP/s" if k.get("gflops") else "")
+                    for kind, k in r.get("per_kernel", {}).items()
+                )
                 lines.append(
-                    (row["model"], f"{row['sparsity']:.2f}", label, _fmt(r["kernel_ms"], ".2f"))
+                    (row["model"], f"{row['sparsity']:.2f}", label, _fmt(r["kernel_ms"], ".2f"),
+                     f"step / kernels {r['step_ms'] / r['kernel_ms']:.2f}", per_kernel
+                     + (f" [{r['kernel_plan']}]" if r.get("kernel_plan") else ""))
                 )
         for system in ("auto", "auto-torch"):
             r = row["systems"].get(system, {})

@@ -6,11 +6,14 @@ hidden layers are sparse (a random mask with an exact count of zeros per layer),
 
 * ``masked``: dense ``nn.Linear`` layers whose weights are multiplied by their masks
   (``sparsenets.DynamicSparsity(method="static", backend="masked")``);
-* ``sparse``: the same with ``backend="sparse"`` (CSR :class:`sparsenets.sparse.SparseLinear`);
+* ``sparse``: the same with ``backend="sparse"`` (CSR :class:`sparsenets.sparse.SparseLinear`),
+  each hidden layer's ReLU fused into it (:func:`sparsenets.sparse.fuse_relu`);
 * ``sparse-torch``: the same layer on torch's CSR kernels (the parent sets
   ``SPARSENETS_SPARSE_KERNELS=torch`` for the systems in :data:`TORCH_KERNELS`);
 * ``auto`` / ``auto-torch``: ``backend="auto"`` (each hidden layer timed dense vs CSR at the
   benchmark's batch size, the faster kept), with the native and with torch's CSR kernels;
+* ``torch-csr``: a plain layer on torch's own CSR kernels, written here as a user would
+  (:class:`PlainCSRLinear`, no sparsenets code): the baseline of "just use torch.sparse";
 * ``sparselab``: sparselab 0.2.2 ``SparseLinear`` + its ``Static`` algorithm (run under the
   interpreter of :mod:`.sparselab_venv`).
 
@@ -23,7 +26,7 @@ import torch
 from torch import nn
 
 MODELS = {"nerva": ((784, 1024, 512, 10), 100), "wide": ((784, 4096, 4096, 10), 256)}
-SYSTEMS = ("masked", "sparse", "sparse-torch", "auto", "auto-torch", "sparselab")
+SYSTEMS = ("masked", "sparse", "sparse-torch", "torch-csr", "auto", "auto-torch", "sparselab")
 TORCH_KERNELS = ("sparse-torch", "auto-torch")  # systems run with SPARSENETS_SPARSE_KERNELS=torch
 LR, MOMENTUM = 0.01, 0.9
 
@@ -71,10 +74,75 @@ def make_init(sizes, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
     return tensors
 
 
+class _PlainCSRFunction(torch.autograd.Function):
+    """``y = x Wᵀ + b`` on torch CSR tensors: forward ``addmm``, grad-input through a CSR of
+    ``Wᵀ`` built once, grad-values by ``sampled_addmm`` at the nonzeros, outputs row-major."""
+
+    @staticmethod
+    def forward(ctx, x, values, bias, crow, col, t_crow, t_col, perm, shape):
+        weight = torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+        ctx.save_for_backward(x, values, crow, col, t_crow, t_col, perm)
+        ctx.shape = shape
+        return torch.addmm(bias.unsqueeze(1), weight, x.t()).t().contiguous()
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, values, crow, col, t_crow, t_col, perm = ctx.saved_tensors
+        out_f, in_f = ctx.shape
+        weight_t = torch.sparse_csr_tensor(
+            t_crow, t_col, values[perm], (in_f, out_f), check_invariants=False
+        )
+        grad_x = torch.sparse.mm(weight_t, grad.t()).t().contiguous()
+        pattern = torch.sparse_csr_tensor(crow, col, values, ctx.shape, check_invariants=False)
+        grad_values = torch.sparse.sampled_addmm(pattern, grad.t(), x, beta=0.0).values()
+        return grad_x, grad_values, grad.sum(0), None, None, None, None, None, None
+
+
+class PlainCSRLinear(nn.Module):
+    """A static-mask sparse linear layer on torch's CSR kernels (MKL on CPU), about what a user
+    writes without a sparse library: values trainable, the CSR of ``W`` and ``Wᵀ`` fixed."""
+
+    def __init__(self, weight: torch.Tensor, mask: torch.Tensor, bias: torch.Tensor):
+        super().__init__()
+        csr = (weight * mask).to_sparse_csr()
+        self.shape = tuple(weight.shape)
+        self.register_buffer("crow", csr.crow_indices())
+        self.register_buffer("col", csr.col_indices())
+        order = torch.arange(mask.sum().item(), dtype=torch.float64)
+        index = torch.zeros(weight.shape, dtype=torch.float64)
+        index[mask] = order  # position of each nonzero in row-major order, read in Wᵀ's order
+        t_csr = (index + 1).t().contiguous().mul(mask.t()).to_sparse_csr()
+        self.register_buffer("t_crow", t_csr.crow_indices())
+        self.register_buffer("t_col", t_csr.col_indices())
+        self.register_buffer("perm", (t_csr.values() - 1).long())
+        self.values = nn.Parameter(weight[mask].clone())
+        self.bias = nn.Parameter(bias.clone())
+
+    def forward(self, x):
+        return _PlainCSRFunction.apply(
+            x, self.values, self.bias, self.crow, self.col, self.t_crow, self.t_col, self.perm, self.shape
+        )
+
+
 def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps: int, batch: int):
     """``(model, optimizer, after_step, info)``: a fresh model holding ``init``; ``info`` holds
     the backend of each hidden layer (and, for ``auto``, the timings it chose on)."""
     names = hidden_names(sizes)
+    if system == "torch-csr":
+        import warnings
+
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        model = dense_mlp(sizes)
+        with torch.no_grad():
+            for name, param in model.named_parameters():
+                param.copy_(init[name])
+        for name in names:
+            index = int(name.split(".")[0])
+            model[index] = PlainCSRLinear(
+                init[name], init[name.replace("weight", "mask")], init[name.replace("weight", "bias")]
+            )
+        optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
+        return model, optimizer, optimizer.step, {}
     if system == "sparselab":
         import numpy as np
         import sparselab
@@ -136,6 +204,10 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
             isinstance(model[int(n.split(".")[0])], SparseLinear) for n in names
         ):
             raise RuntimeError("backend='sparse' did not convert the hidden layers")
+    if system == "sparse":
+        from sparsenets.sparse import fuse_relu
+
+        fuse_relu(model)
     info = {"backends": dict(sparsifier.backends)}
     if sparsifier.backend_timings:
         info["auto_ms"] = {

@@ -45,13 +45,6 @@ def _csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tup
         return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
 
 
-def _plan_for(lib: kernels._Library, x: torch.Tensor, out_features: int) -> tuple[kernels.Plan, int]:
-    """The kernels' vector widths and the panel width for a layer ``in -> out`` on ``x``'s dtype:
-    one panel of the wider side fills about half the L2 cache."""
-    pl = kernels.plan(lib)
-    return pl, kernels.panel_tile(max(x.shape[1], out_features), x.dtype, pl.pack)
-
-
 class SparseLinearFunction(torch.autograd.Function):
     """Autograd function for ``y = x Wᵀ + b`` (or ``relu(x Wᵀ + b)``) with ``W`` given by CSR
     values and structure.
@@ -72,7 +65,7 @@ class SparseLinearFunction(torch.autograd.Function):
         ctx.has_bias = bias is not None
         ctx.relu = bool(relu)
         if lib is not None:
-            pl, tile = _plan_for(lib, x, out_features)
+            pl, tile = kernels.layer_plan(lib, x.shape[1], out_features, values.numel(), x.dtype)
             xp, _ = kernels.pack(lib, x, tile, width=pl.pack)  # x feature-major, in panels
             y = kernels.spmm(
                 lib, crow, col, values, None, bias, xp, x.shape[0], tile, relu=ctx.relu, width=pl.spmm
@@ -169,7 +162,7 @@ def sparse_linear(
         if x2.shape[0] == 1:  # serving one request: no packing, no padded lanes
             y2 = kernels.spmv(lib, crow, col, values, bias, x2, relu=relu)
         else:
-            pl, tile = _plan_for(lib, x2, out_features)
+            pl, tile = kernels.layer_plan(lib, in_features, out_features, values.numel(), x.dtype)
             xp, _ = kernels.pack(lib, x2, tile, width=pl.pack)
             y2 = kernels.spmm(
                 lib, crow, col, values, None, bias, xp, x2.shape[0], tile, relu=relu, width=pl.spmm
