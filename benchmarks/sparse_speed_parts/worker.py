@@ -83,7 +83,7 @@ def worker(spec: dict) -> dict:
     if spec.get("phase") == "memory":  # a process of its own, malloc returning freed blocks
         return measure_memory(model, optimizer, after_step, batches[: spec["memory_steps"]])
     result: dict = {"threads": torch.get_num_threads()} | info
-    if spec["system"] not in ("masked", "sparselab"):
+    if spec["system"] not in ("masked", "sparselab", "torch-csr"):
         from sparsenets.sparse import kernels
 
         result["kernels"] = "native" if kernels.available() else "torch"
