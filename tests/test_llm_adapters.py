@@ -150,9 +150,14 @@ def test_bad_inputs_raise_one_line_errors():
     model = tiny_model("llama")
     with pytest.raises(SparsenetsError, match="windows must be"):
         perplexity(model, torch.zeros(4, dtype=torch.long), progress=False)
-    model.config.model_type = "gpt2"
-    with pytest.raises(SparsenetsError, match="unsupported model type 'gpt2'"):
-        get_adapter(model)
+    model.config.model_type = "gpt2"  # a wrong family name: its override path is absent, discovery finds the blocks
+    assert get_adapter(model).blocks_path == "model.layers"
+    with pytest.raises(SparsenetsError, match="no list of decoder blocks with Linear layers found"):
+        get_adapter(torch.nn.Sequential(torch.nn.Linear(3, 3)))
+    with pytest.raises(SparsenetsError, match=r"bad layer pattern '\(q'"):
+        get_adapter(model, targets="(q")
+    with pytest.raises(SparsenetsError, match="leave no layer to prune"):
+        get_adapter(model, targets=r"no_such_layer")
 
 
 def assert_exact_pattern(weight, structure: str, name: str = "") -> None:

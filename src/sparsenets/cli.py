@@ -122,7 +122,7 @@ def _add_llm_commands(sub) -> None:
     from .llm.pipeline import DEFAULT_EVAL_WINDOWS
 
     prune = sub.add_parser("prune-llm", help="prune a pretrained causal LM in one shot and save it",
-                           description="Prune every Linear in the decoder blocks of a Hugging Face causal LM "
+                           description="Prune every Linear in the decoder blocks of any Hugging Face causal LM "
                                        "(embeddings and lm_head untouched) and save it with save_pretrained "
                                        "plus sparsity.json.")
     prune.add_argument("--model", required=True, help="known name (smollm2-135m) or local HF model directory")
@@ -140,6 +140,10 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512)")
     prune.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     prune.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward call")
+    prune.add_argument("--targets", nargs="+", metavar="REGEX",
+                       help="prune only layers whose full name matches one of these (e.g. mlp)")
+    prune.add_argument("--ignore", nargs="+", metavar="REGEX",
+                       help="leave layers whose full name matches one of these dense (e.g. o_proj)")
     prune.add_argument("--eval", action="store_true", help="measure perplexity after pruning (recorded in sparsity.json)")
     prune.add_argument("--eval-text", default="austen", metavar="TEXT",
                        help="perplexity text: austen (default: Emma) or a text file (its last 20%%)")
@@ -346,6 +350,8 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         allocation=args.allocation,
         owl_m=args.owl_m,
         owl_lambda=args.owl_lambda,
+        targets=args.targets,
+        ignore=args.ignore,
         calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed),
         evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows) if args.eval else None,
         batch_size=args.batch_size,

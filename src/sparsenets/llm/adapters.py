@@ -1,28 +1,33 @@
-"""Model-family knowledge, in one place: where the decoder blocks are and how to feed them.
+"""Where a causal LM keeps its decoder blocks and how to feed them, found from the model itself.
 
 Every pruning method works block by block: it needs the list of decoder blocks, the prunable
-Linear layers inside a block, the hidden states that enter block 0 and the keyword arguments
-*each* block is called with (attention mask, position ids, rotary ``position_embeddings``). The
-kwargs differ between blocks in models that mix layer types (sliding-window layers beside global
-ones get their own attention mask, in some families their own rotary table), so they are
-captured per block, by running the model's own forward with a pre-hook on every block and
-stopping at the last one (a hook that raises): the model computes embeddings, masks and rotary
-tables itself; the adapter only says where things are.
+layers inside a block, the hidden states that enter block 0 and the arguments *each* block is
+called with (attention mask of its layer type, position ids, rotary ``position_embeddings``,
+cache position, ...). They differ between blocks in models that mix layer types
+(sliding-window layers beside global ones get their own attention mask, in some families
+their own rotary table), so they are captured per block, by running the model's own forward
+with a pre-hook on every block and stopping at the last one (a hook that raises): the model
+computes embeddings, masks and rotary tables itself; the adapter only says where things are.
 
-Supported families (by ``config.model_type``):
+Discovery (:func:`get_adapter`), for any Hugging Face decoder:
 
-* LLaMA family (``llama``, ``mistral``, ``qwen2``, ``qwen3``): blocks at ``model.model.layers``,
-  token embeddings ``model.model.embed_tokens``; rotary embeddings are computed once per forward
-  by ``model.model.rotary_emb`` and passed to each block as ``position_embeddings``.
-* OPT (``opt``): blocks at ``model.model.decoder.layers``, embeddings ``embed_tokens`` and the
-  learned ``embed_positions``.
-
-Embeddings and ``lm_head`` are never prunable (they are tied in many models).
+* **blocks**: the ``nn.ModuleList`` of identical modules that holds the prunable layers,
+  preferring one whose class the model names in ``_no_split_modules`` (the HF class's own
+  "this is one block" metadata), then the longest. :data:`FAMILY_BLOCKS` names the path for
+  known families as an override; it is never required.
+* **prunable layers**: every ``nn.Linear`` inside the blocks, and every HF ``Conv1D`` (GPT-2
+  style, weight stored transposed ``(in, out)``; :func:`weight_matrix` gives the ``(out, in)``
+  view the methods work on), narrowed by ``targets`` / ``ignore`` regular expressions on the
+  full module name (``re.search``, llm-compressor style).
+* **embeddings** (never pruned): every ``nn.Embedding`` outside the blocks. A layer whose weight
+  shares storage with an embedding or with the model's output embeddings (a tied head) is never
+  prunable, found by storage, not by name.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -30,8 +35,57 @@ from torch import nn
 
 from ..errors import SparsenetsError
 
-LLAMA_FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-OPT_FAMILY = ("opt",)
+#: Optional block paths of known families (attribute names only: discovery finds the same).
+FAMILY_BLOCKS = {
+    **dict.fromkeys(("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "gemma3_text",
+                     "phi3", "olmo2", "granite"), "model.layers"),
+    "opt": "model.decoder.layers",
+    "gpt2": "transformer.h",
+    "falcon": "transformer.h",
+    "gpt_neox": "gpt_neox.layers",
+}
+
+
+def _conv1d_type() -> type | None:
+    try:
+        from transformers.pytorch_utils import Conv1D
+    except ImportError:  # transformers absent: only nn.Linear exists
+        return None
+    return Conv1D
+
+
+def is_prunable(module: nn.Module) -> bool:
+    """``nn.Linear`` or HF ``Conv1D``."""
+    conv = _conv1d_type()
+    return isinstance(module, nn.Linear) or (conv is not None and isinstance(module, conv))
+
+
+def is_transposed(layer: nn.Module) -> bool:
+    """Whether ``layer.weight`` is stored ``(in, out)`` (HF ``Conv1D``)."""
+    return not isinstance(layer, nn.Linear)
+
+
+def weight_matrix(layer: nn.Module) -> torch.Tensor:
+    """The layer's weight as ``(out, in)``: ``weight.data`` for ``nn.Linear``, its transposed
+    view for ``Conv1D`` (in-place changes reach the parameter either way)."""
+    weight = layer.weight.data
+    return weight.t() if is_transposed(layer) else weight
+
+
+def in_features(layer: nn.Module) -> int:
+    """Input width of a prunable layer."""
+    return int(weight_matrix(layer).shape[1])
+
+
+def to_parameter_layout(layer: nn.Module, mask: torch.Tensor) -> torch.Tensor:
+    """A ``(out, in)`` mask in the layout of ``layer.weight`` (transposed for ``Conv1D``)."""
+    return mask.t().contiguous() if is_transposed(layer) else mask
+
+
+def _storage(t: torch.Tensor) -> int:
+    """Address of the tensor's first element: equal for tied weights (one tensor under two
+    names), different for separate parameters even when a loader maps them from one file."""
+    return t.data_ptr()
 
 
 class _Captured(Exception):
@@ -56,11 +110,15 @@ class BlockInputs:
 
 @dataclass(frozen=True)
 class DecoderAdapter:
-    """Where a family keeps its decoder blocks and embeddings (attribute paths from the model)."""
+    """Where a model keeps its decoder blocks and embeddings (attribute paths from the model),
+    and which layers inside the blocks are pruned."""
 
     family: str
     blocks_path: str
     embedding_paths: tuple[str, ...]
+    targets: tuple[str, ...] = ()
+    ignore: tuple[str, ...] = ()
+    excluded: frozenset[str] = field(default_factory=frozenset)  # tied to an embedding (by storage)
 
     def blocks(self, model: nn.Module) -> nn.ModuleList:
         """The decoder blocks, in order."""
@@ -74,15 +132,31 @@ class DecoderAdapter:
         """The embedding modules (never pruned), by fully qualified name."""
         return {path: model.get_submodule(path) for path in self.embedding_paths}
 
-    def linears(self, block: nn.Module) -> dict[str, nn.Linear]:
-        """Prunable layers of a block: every ``nn.Linear`` inside it, by name relative to the block."""
-        return {name: m for name, m in block.named_modules() if isinstance(m, nn.Linear)}
+    def selected(self, name: str) -> bool:
+        """Whether the layer of fully qualified ``name`` is pruned under targets / ignore."""
+        if name in self.excluded:
+            return False
+        if self.targets and not any(re.search(p, name) for p in self.targets):
+            return False
+        return not any(re.search(p, name) for p in self.ignore)
 
-    def prunable_linears(self, model: nn.Module) -> dict[str, nn.Linear]:
-        """Every prunable Linear of the model, by fully qualified name (never ``lm_head``)."""
-        out: dict[str, nn.Linear] = {}
+    def linears(self, block: nn.Module, index: int | None = None) -> dict[str, nn.Module]:
+        """Prunable layers of a block (``nn.Linear`` / ``Conv1D``), by name relative to the block.
+
+        With ``index`` (the block's position) the ``targets`` / ``ignore`` patterns and tied
+        layers are applied to the full names; without it every such layer is listed.
+        """
+        found = {name: m for name, m in block.named_modules() if is_prunable(m)}
+        if index is None:
+            return found
+        prefix = self.block_name(index)
+        return {name: m for name, m in found.items() if self.selected(f"{prefix}.{name}")}
+
+    def prunable_linears(self, model: nn.Module) -> dict[str, nn.Module]:
+        """Every pruned layer of the model, by fully qualified name (never embeddings or a head)."""
+        out: dict[str, nn.Module] = {}
         for i, block in enumerate(self.blocks(model)):
-            for name, layer in self.linears(block).items():
+            for name, layer in self.linears(block, i).items():
                 out[f"{self.block_name(i)}.{name}"] = layer
         return out
 
@@ -108,12 +182,13 @@ class DecoderAdapter:
             def record(_module, args, call_kwargs):
                 call_kwargs = dict(call_kwargs)
                 state = args[0] if args else call_kwargs.pop("hidden_states")
-                if len(args) > 1:  # defensive: a family passing the attention mask positionally
-                    call_kwargs.setdefault("attention_mask", args[1])
                 if index == 0:
                     hidden.append(state)
-                call_kwargs = {k: v for k, v in call_kwargs.items() if k != "past_key_values"}
-                call_kwargs["use_cache"] = False
+                call_kwargs = {k: v for k, v in call_kwargs.items() if k not in _CACHE_ARGUMENTS}
+                if "use_cache" in call_kwargs:
+                    call_kwargs["use_cache"] = False
+                if len(args) > 1:  # replayed positionally, as the model called the block
+                    call_kwargs[_POSITIONAL] = tuple(None if _is_cache(a) else a for a in args[1:])
                 kwargs.append(call_kwargs)
                 if index == last:
                     raise _Captured
@@ -133,25 +208,89 @@ class DecoderAdapter:
     @staticmethod
     def run_block(block: nn.Module, inputs: BlockInputs) -> BlockInputs:
         """Call block ``inputs.index`` with its own kwargs; returns what enters the next block."""
-        out = block(inputs.hidden, **inputs.kwargs[inputs.index])
+        call = dict(inputs.kwargs[inputs.index])
+        extra = call.pop(_POSITIONAL, ())
+        out = block(inputs.hidden, *extra, **call)
         hidden = out[0] if isinstance(out, tuple) else out
         return BlockInputs(hidden, inputs.kwargs, inputs.index + 1)
 
 
-_ADAPTERS = {
-    **{
-        t: DecoderAdapter(t, "model.layers", ("model.embed_tokens",))
-        for t in LLAMA_FAMILY
-    },
-    "opt": DecoderAdapter("opt", "model.decoder.layers", ("model.decoder.embed_tokens", "model.decoder.embed_positions")),
-}
+_POSITIONAL = "__positional__"  # key of a block's positional arguments after the hidden states
+_CACHE_ARGUMENTS = ("past_key_values", "past_key_value", "layer_past")
 
 
-def get_adapter(model: nn.Module) -> DecoderAdapter:
-    """The adapter for a Hugging Face causal LM, chosen by ``model.config.model_type``."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type not in _ADAPTERS:
+def _is_cache(value: Any) -> bool:
+    return type(value).__name__.endswith("Cache")
+
+
+def find_blocks_path(model: nn.Module) -> str:
+    """Path of the decoder block list: an ``nn.ModuleList`` of modules of one class holding
+    prunable layers; a class named in the model's ``_no_split_modules`` first, then the longest
+    list, then the first in module order."""
+    no_split = set(getattr(model, "_no_split_modules", None) or ())
+    best: tuple[bool, int, int] | None = None
+    path = None
+    for order, (name, module) in enumerate(model.named_modules()):
+        if not isinstance(module, nn.ModuleList) or len(module) == 0:
+            continue
+        if len({type(m) for m in module}) != 1:
+            continue
+        if not any(is_prunable(m) for m in module[0].modules()):
+            continue
+        key = (type(module[0]).__name__ in no_split, len(module), -order)
+        if best is None or key > best:
+            best, path = key, name
+    if path is None:
         raise SparsenetsError(
-            f"unsupported model type {model_type!r} (supported: {', '.join(sorted(_ADAPTERS))})"
+            f"{type(model).__name__}: no list of decoder blocks with Linear layers found "
+            "(expected an nn.ModuleList of identical blocks)"
         )
-    return _ADAPTERS[model_type]
+    return path
+
+
+def get_adapter(
+    model: nn.Module, *, targets: str | list[str] | tuple[str, ...] | None = None,
+    ignore: str | list[str] | tuple[str, ...] | None = None,
+) -> DecoderAdapter:
+    """The adapter of a causal LM: its decoder blocks (:data:`FAMILY_BLOCKS` when the family is
+    known and the path exists, else :func:`find_blocks_path`), its embeddings, and the layers
+    pruned (``targets`` / ``ignore``: regular expressions searched in full module names).
+
+    Raises:
+        SparsenetsError: no block list, a bad pattern, or nothing left to prune.
+    """
+    model_type = str(getattr(getattr(model, "config", None), "model_type", None) or type(model).__name__)
+    path = FAMILY_BLOCKS.get(model_type)
+    try:
+        if path is None or not isinstance(model.get_submodule(path), nn.ModuleList):
+            path = find_blocks_path(model)
+    except AttributeError:
+        path = find_blocks_path(model)
+    as_tuple = lambda v: () if v is None else ((v,) if isinstance(v, str) else tuple(v))  # noqa: E731
+    targets_t, ignore_t = as_tuple(targets), as_tuple(ignore)
+    for pattern in (*targets_t, *ignore_t):
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise SparsenetsError(f"bad layer pattern {pattern!r}: {exc}") from None
+    embeddings = tuple(
+        name for name, m in model.named_modules()
+        if isinstance(m, nn.Embedding) and not name.startswith(path + ".")
+    )
+    shared = {_storage(model.get_submodule(n).weight) for n in embeddings}
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if head is not None and getattr(head, "weight", None) is not None:
+        shared.add(_storage(head.weight))
+    blocks = model.get_submodule(path)
+    excluded = frozenset(
+        f"{path}.{i}.{name}"
+        for i, block in enumerate(blocks)
+        for name, m in block.named_modules()
+        if is_prunable(m) and _storage(m.weight) in shared
+    )
+    adapter = DecoderAdapter(model_type, path, embeddings, targets_t, ignore_t, excluded)
+    if (targets_t or ignore_t) and not adapter.prunable_linears(model):
+        raise SparsenetsError(
+            f"targets {list(targets_t)} / ignore {list(ignore_t)} leave no layer to prune in {path}"
+        )
+    return adapter

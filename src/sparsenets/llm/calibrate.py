@@ -83,7 +83,7 @@ def sequential_calibration(
         by_shape.setdefault(tuple(chunk.shape), inputs)
         batches.append(inputs)
     for index, block in enumerate(tqdm(blocks, desc="calibrating blocks", disable=not progress)):
-        linears = adapter.linears(block)
+        linears = adapter.linears(block, index)
         stats = {name: stats_factory(layer) for name, layer in linears.items()}
         seen: list[tuple[InputStats, torch.Tensor]] = []
         handles = [

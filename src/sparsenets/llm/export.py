@@ -20,7 +20,7 @@ an interrupted save leaves no half-written model.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,18 +32,18 @@ from ..errors import SparsenetsError
 from ..io import check_output_dir, load_tensors, replace_dir, save_tensors, write_json
 from ..masks import MaskStore
 from ..select import NM, Structure, check_structure, keep_count, parse_structure
-from .adapters import get_adapter
+from .adapters import get_adapter, is_transposed
 
 SPARSITY_FILE = "sparsity.json"
 MASK_FILE = "masks.safetensors"
 
 
-def layer_sparsity(model: nn.Module) -> dict[str, float]:
-    """``{name: fraction of exactly-zero weights}`` for every prunable Linear of the decoder blocks."""
-    return {
-        name: float((layer.weight == 0).sum()) / layer.weight.numel()
-        for name, layer in get_adapter(model).prunable_linears(model).items()
-    }
+def layer_sparsity(model: nn.Module, names: Iterable[str] | None = None) -> dict[str, float]:
+    """``{name: fraction of exactly-zero weights}`` for every prunable layer of the decoder blocks
+    (or only the layers ``names``)."""
+    linears = get_adapter(model).prunable_linears(model)
+    chosen = linears if names is None else {n: linears[n] for n in names}
+    return {name: float((layer.weight == 0).sum()) / layer.weight.numel() for name, layer in chosen.items()}
 
 
 def sparsity_summary(model: nn.Module) -> dict[str, Any]:
@@ -71,9 +71,10 @@ def sparsity_summary(model: nn.Module) -> dict[str, Any]:
 def _mask_state(model: nn.Module, masks: MaskStore) -> dict[str, torch.Tensor]:
     """The tensors of ``masks.safetensors``, after checking ``masks`` fits the pruned layers of ``model``."""
     expected = {f"{name}.weight": layer.weight for name, layer in get_adapter(model).prunable_linears(model).items()}
-    if set(masks) != set(expected):
-        missing, unexpected = sorted(set(expected) - set(masks)), sorted(set(masks) - set(expected))
-        raise SparsenetsError(f"masks must cover exactly the prunable layers (missing: {missing}, unexpected: {unexpected})")
+    unexpected = sorted(set(masks) - set(expected))
+    if unexpected or not len(masks):
+        raise SparsenetsError(f"masks must name prunable layers of the decoder blocks (unexpected: {unexpected or 'no masks'})")
+    expected = {name: expected[name] for name in masks}
     state: dict[str, torch.Tensor] = {}
     for name, weight in expected.items():
         mask = masks[name]
@@ -113,9 +114,14 @@ def save_pruned(model: nn.Module, directory: str | Path, info: dict[str, Any], *
     record = dict(info)
     if structure is not None:
         record["structure"] = str(parse_structure(structure))
+    mask_state = _mask_state(model, masks) if masks is not None else None  # validates the names first
     record["summary"] = sparsity_summary(model)
-    record["layers"] = layer_sparsity(model)
-    mask_state = _mask_state(model, masks) if masks is not None else None
+    pruned = None if masks is None else [name.removesuffix(".weight") for name in masks]
+    record["layers"] = layer_sparsity(model, pruned)
+    linears = {n: m for n, m in get_adapter(model).prunable_linears(model).items() if n in record["layers"]}
+    transposed = sorted(name for name, layer in linears.items() if is_transposed(layer))
+    if transposed:  # Conv1D: weight and mask stored (in, out); rows are checked on the transpose
+        record["transposed_layers"] = transposed
     if mask_state is not None:
         record["mask_file"] = MASK_FILE
 
@@ -209,8 +215,8 @@ def load_pruned_masks(directory: str | Path, *, device: str | torch.device = "cp
         device: where the masks live.
 
     Returns:
-        A :class:`~sparsenets.masks.MaskStore` keyed ``<Linear name>.weight``, bool (out, in)
-        masks; its ever-active record is the saved one (the masks where none was saved).
+        A :class:`~sparsenets.masks.MaskStore` keyed ``<Linear name>.weight``, bool masks in
+        the parameter's own layout ((out, in); (in, out) for Conv1D); its ever-active record is the saved one (the masks where none was saved).
 
     Raises:
         SparsenetsError: no ``sparsity.json``, masks that do not match the listed layers or the
@@ -221,6 +227,7 @@ def load_pruned_masks(directory: str | Path, *, device: str | torch.device = "cp
     if info is None or not isinstance(info.get("layers"), Mapping):
         raise SparsenetsError(f"{str(directory)!r} has no {SPARSITY_FILE} with the pruned layers: not saved by save_pruned")
     sparsity = {f"{layer}.weight": float(value) for layer, value in info["layers"].items()}
+    transposed = {f"{layer}.weight" for layer in info.get("transposed_layers", [])}
     structure = parse_structure(info["structure"]) if info.get("structure") is not None else None
     mask_path = directory / MASK_FILE
     from_file = mask_path.is_file()
@@ -240,7 +247,7 @@ def load_pruned_masks(directory: str | Path, *, device: str | torch.device = "cp
         if outside:
             raise SparsenetsError(f"{name} has {outside} nonzero saved weights where its mask is False: "
                                   f"{MASK_FILE} does not match the weights")
-        _check_layer(name, mask, structure, sparsity[name], at_most=not from_file)
+        _check_layer(name, mask.t() if name in transposed else mask, structure, sparsity[name], at_most=not from_file)
         state.setdefault(f"ever_active/{name}", mask)
         shapes[name] = tuple(weight.shape)
     store = MaskStore({n: shapes[n] for n in sparsity}, device=device)

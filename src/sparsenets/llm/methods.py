@@ -27,6 +27,7 @@ from torch import nn
 from ..errors import SparsenetsError, choice_error
 from ..scores import magnitude, wanda
 from ..select import NM, Structure, keep_count, parse_structure, select
+from .adapters import in_features
 from .sparsegpt import _sparsegpt
 from .stats import GramStats, InputNormStats, InputStats
 
@@ -92,8 +93,8 @@ def _wanda(weight: torch.Tensor, stat: torch.Tensor | None, sparsity: float, str
 
 METHODS: dict[str, LayerPruner] = {
     "magnitude": LayerPruner("magnitude", None, _magnitude),
-    "wanda": LayerPruner("wanda", lambda layer: InputNormStats(layer.in_features), _wanda),
-    "sparsegpt": LayerPruner("sparsegpt", lambda layer: GramStats(layer.in_features), _sparsegpt),
+    "wanda": LayerPruner("wanda", lambda layer: InputNormStats(in_features(layer)), _wanda),
+    "sparsegpt": LayerPruner("sparsegpt", lambda layer: GramStats(in_features(layer)), _sparsegpt),
 }
 
 

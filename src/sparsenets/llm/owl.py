@@ -21,7 +21,7 @@ from torch import nn
 from .. import allocation
 from ..errors import SparsenetsError
 from ..scores import wanda
-from .adapters import DecoderAdapter, get_adapter
+from .adapters import DecoderAdapter, get_adapter, in_features, weight_matrix
 from .calibrate import sequential_calibration
 from .stats import InputNormStats, InputStats
 
@@ -58,14 +58,14 @@ def owl_outlier_ratios(
     ratios: dict[str, float] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
-        linears = adapter.linears(block)
-        scores = (wanda(layer.weight, stats[name].finalize()) for name, layer in linears.items())
+        linears = adapter.linears(block, index)
+        scores = (wanda(weight_matrix(layer), stats[name].finalize()) for name, layer in linears.items())
         ratios[adapter.block_name(index)] = outlier_ratio(scores, m)
 
     sequential_calibration(
         model,
         calibration,
-        stats_factory=lambda layer: InputNormStats(layer.in_features),
+        stats_factory=lambda layer: InputNormStats(in_features(layer)),
         on_block=on_block,
         batch_size=batch_size,
         adapter=adapter,

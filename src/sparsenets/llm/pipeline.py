@@ -127,6 +127,8 @@ def prune_pretrained(
     calibration: CalibrationProtocol | None = None,
     evaluation: EvalProtocol | None = None,
     batch_size: int = 8,
+    targets: str | list[str] | None = None,
+    ignore: str | list[str] | None = None,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -136,8 +138,8 @@ def prune_pretrained(
     Args:
         model_name: a known name (``smollm2-135m``) or a local Hugging Face directory.
         out: output directory (``None``: do not save, e.g. in benchmarks).
-        method, sparsity, structure, allocation, owl_m, owl_lambda, batch_size: see
-            :func:`.prune.prune`.
+        method, sparsity, structure, allocation, owl_m, owl_lambda, batch_size, targets,
+            ignore: see :func:`.prune.prune`.
         calibration: calibration protocol (default: 128 Austen windows of 512 tokens, seed 0).
         evaluation: when given, perplexity is measured after pruning and recorded.
         device: where the model runs (``cpu``, ``cuda``, …).
@@ -162,7 +164,8 @@ def prune_pretrained(
     model = load_causal_lm(model_name, device=device, progress=progress)
     start = time.perf_counter()
     result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
-                   owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
+                   owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
+                   progress=progress)
     seconds = time.perf_counter() - start
     log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
     record: dict[str, Any] = {
@@ -172,6 +175,8 @@ def prune_pretrained(
         "sparsity": target,
         "structure": str(parsed),
         "allocation": allocation,
+        "targets": list([targets] if isinstance(targets, str) else targets or []),
+        "ignore": list([ignore] if isinstance(ignore, str) else ignore or []),
         "owl": {"m": owl_m, "lambda": owl_lambda} if allocation == "owl" else None,
         "calibration": calibration.describe() if calib is not None else None,
         "prune_seconds": seconds,

@@ -27,7 +27,7 @@ from .. import allocation as allocations
 from ..errors import SparsenetsError, check_sparsity, choice_error
 from ..masks import MaskStore
 from ..select import Structure, parse_structure
-from .adapters import DecoderAdapter, get_adapter
+from .adapters import DecoderAdapter, get_adapter, to_parameter_layout, weight_matrix
 from .calibrate import sequential_calibration
 from .methods import get_method
 from .owl import owl_outlier_ratios
@@ -137,12 +137,15 @@ def prune(
     owl_m: float = 5.0,
     owl_lambda: float = 0.08,
     batch_size: int = 8,
+    targets: str | list[str] | None = None,
+    ignore: str | list[str] | None = None,
     progress: bool = True,
 ) -> PruneResult:
-    """Prune every Linear inside the decoder blocks of ``model`` in place.
+    """Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
 
     Args:
-        model: a Hugging Face causal LM (LLaMA family or OPT, see :mod:`.adapters`).
+        model: a Hugging Face causal LM of any family whose decoder blocks are an
+            ``nn.ModuleList`` (found from the model itself, see :mod:`.adapters`).
         calibration: (n_samples, seq_len) int64 token ids (e.g. from
             :func:`.data.calibration_batches`); required by ``wanda``, ignored by ``magnitude``.
         method: ``"wanda"`` (|W|·‖X_j‖₂, Sun et al. 2023), ``"magnitude"`` (|W|) or
@@ -159,6 +162,9 @@ def prune(
         owl_m: OWL outlier threshold M (scores above M · mean count as outliers).
         owl_lambda: OWL λ, the largest deviation of a block's sparsity from ``sparsity``.
         batch_size: calibration sequences per forward call.
+        targets: regular expression(s) a layer's full name must match (``re.search``) to be
+            pruned, e.g. ``"mlp"``; default every prunable layer of the blocks.
+        ignore: regular expression(s) of layers left dense, e.g. ``r"\.0\."`` or ``"o_proj"``.
         progress: show progress bars.
 
     Returns:
@@ -171,11 +177,11 @@ def prune(
     check_allocation(allocation, parsed)
     if pruner.stats is not None and calibration is None:
         raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
-    adapter = get_adapter(model)
-    targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, owl_m=owl_m,
+    adapter = get_adapter(model, targets=targets, ignore=ignore)
+    block_targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, owl_m=owl_m,
                                owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
     if allocation != "uniform":
-        log.info("%s block sparsities: %s", allocation, ", ".join(f"{t:.3f}" for t in targets.values()))
+        log.info("%s block sparsities: %s", allocation, ", ".join(f"{t:.3f}" for t in block_targets.values()))
     linears = adapter.prunable_linears(model)
     weights = {f"{name}.weight": layer.weight for name, layer in linears.items()}
     if not weights:
@@ -186,15 +192,15 @@ def prune(
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         block_name = adapter.block_name(index)
-        for name, layer in adapter.linears(block).items():
-            weight = layer.weight.data  # (out, in)
+        for name, layer in adapter.linears(block, index).items():
+            weight = weight_matrix(layer)  # (out, in), a view of the parameter
             stat = stats[name].finalize() if name in stats else None
-            keep = pruner.prune_weight(weight, stat, targets[block_name], parsed)  # (out, in) bool
+            keep = pruner.prune_weight(weight, stat, block_targets[block_name], parsed)  # (out, in) bool
             weight.mul_(keep.to(weight.device, weight.dtype))
             fqn = f"{block_name}.{name}"
-            masks.set(f"{fqn}.weight", keep)
+            masks.set(f"{fqn}.weight", to_parameter_layout(layer, keep))  # the parameter's own layout
             measured[fqn] = float((weight == 0).sum()) / weight.numel()
-        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, targets[block_name])
+        log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, block_targets[block_name])
 
     sequential_calibration(
         model,
@@ -206,4 +212,4 @@ def prune(
         progress=progress,
     )
     masks.reset_ever_active()
-    return PruneResult(masks, measured, parsed, targets)
+    return PruneResult(masks, measured, parsed, block_targets)
