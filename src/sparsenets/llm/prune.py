@@ -141,7 +141,7 @@ def prune(
     ignore: str | list[str] | None = None,
     progress: bool = True,
 ) -> PruneResult:
-    """Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
+    r"""Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
 
     Args:
         model: a Hugging Face causal LM of any family whose decoder blocks are an
