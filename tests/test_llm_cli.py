@@ -215,3 +215,23 @@ def test_report_of_a_pruned_directory(model_dir, tmp_path, capsys):
 def test_report_of_a_directory_that_is_neither(tmp_path, capsys):
     code, _, err = cli(capsys, "report", tmp_path)
     assert code == 2 and "sparsity.json (pruned LLM)" in err and len(err.strip().splitlines()) == 1
+
+
+def test_bf16_checkpoint_is_pruned_and_saved_in_bf16(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    bf16 = tmp_path / "bf16"
+    transformers.AutoModelForCausalLM.from_pretrained(directory).to(torch.bfloat16).save_pretrained(bf16)
+    transformers.AutoTokenizer.from_pretrained(directory).save_pretrained(bf16)
+    out = tmp_path / "pruned"
+    code, _, err = cli(capsys, *prune_args(bf16, text, out, "--method", "wanda", "--eval"))
+    assert code == 0, err
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["dtype"] == "bfloat16" and all(v == 0.5 for v in info["layers"].values())
+    reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert next(reloaded.parameters()).dtype == torch.bfloat16
+    code, stdout, _ = cli(capsys, "eval-ppl", "--model", out, "--text", text, "--seq-len", 16, "--windows", 3,
+                          "--device", "cpu", "--json", "--quiet")
+    assert code == 0 and json.loads(stdout)["perplexity"] == pytest.approx(info["perplexity"]["value"], rel=1e-6)
+    code, _, err = cli(capsys, *prune_args(bf16, text, tmp_path / "x", "--dtype", "float64"))
+    assert code != 0 and "dtype must be one of auto, float32, bfloat16, float16, got 'float64'" in err
+    assert "Traceback" not in err and not (tmp_path / "x").exists()

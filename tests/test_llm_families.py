@@ -177,3 +177,31 @@ def test_targets_and_ignore_narrow_the_pruned_layers(tmp_path):
         assert ((layer.weight == 0).any()) == (name in names), name  # the rest stay dense
     out = save_pruned(model, tmp_path / "p", {"method": "wanda"}, masks=result.masks, structure=result.structure)
     assert set(load_pruned_masks(out)) == set(result.masks)
+
+
+@pytest.mark.parametrize("model_type", FAMILIES)
+def test_bfloat16_in_bfloat16_out(model_type, tmp_path):
+    """A bf16 checkpoint pruned with dtype auto stays bf16 (weights, statistics in float32+,
+    exact counts) and is saved in bf16, about half the float32 file."""
+    from sparsenets.llm.models import checkpoint_dtype, load_causal_lm
+
+    model = tiny(model_type)
+    model.save_pretrained(tmp_path / "f32")
+    model.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")
+    assert checkpoint_dtype(tmp_path / "bf16") == torch.bfloat16
+    loaded = load_causal_lm(tmp_path / "bf16", dtype="auto", progress=False)
+    assert next(loaded.parameters()).dtype == torch.bfloat16
+    result = prune(loaded, tokens(4, 12, seed=7), method="sparsegpt", sparsity=0.5, batch_size=2, progress=False)
+    for name, layer in get_adapter(loaded).prunable_linears(loaded).items():
+        assert layer.weight.dtype == torch.bfloat16, name
+        weight = weight_matrix(layer)
+        assert ((weight != 0).sum(1) == weight.shape[1] - weight.shape[1] // 2).all(), name
+    out = save_pruned(loaded, tmp_path / "pruned", {"method": "sparsegpt"}, masks=result.masks,
+                      structure=result.structure)
+    assert checkpoint_dtype(out) == torch.bfloat16
+    size = (out / "model.safetensors").stat().st_size
+    assert size < 0.6 * (tmp_path / "f32" / "model.safetensors").stat().st_size
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
+    assert next(reloaded.parameters()).dtype == torch.bfloat16

@@ -152,6 +152,9 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--out", required=True, help="output directory for the pruned model")
     prune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     prune.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    prune.add_argument("--dtype", default="auto",
+                       help="weights while pruning and when saved: auto (default: the checkpoint's own), "
+                            "float32, bfloat16, float16")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
@@ -162,6 +165,8 @@ def _add_llm_commands(sub) -> None:
                      help=f"number of windows, or 'all' (default {DEFAULT_EVAL_WINDOWS})")
     ppl.add_argument("--batch-size", type=_positive_int, default=4, help="windows per forward call")
     ppl.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    ppl.add_argument("--dtype", default="auto",
+                     help="weights' dtype: auto (default: the checkpoint's own), float32, bfloat16, float16")
     ppl.add_argument("--json", action="store_true", help="print the result as JSON")
     ppl.add_argument("--quiet", action="store_true", help="no progress bar")
 
@@ -352,6 +357,7 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         owl_lambda=args.owl_lambda,
         targets=args.targets,
         ignore=args.ignore,
+        dtype=args.dtype,
         calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed),
         evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows) if args.eval else None,
         batch_size=args.batch_size,
@@ -377,7 +383,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from .training import resolve_device
 
     result = evaluate_pretrained(args.model, make_eval(args.text, args.seq_len, args.windows),
-                                 batch_size=args.batch_size, device=resolve_device(args.device),
+                                 batch_size=args.batch_size, dtype=args.dtype, device=resolve_device(args.device),
                                  progress=not args.quiet)
     if args.json:
         print(json.dumps(result, indent=2))

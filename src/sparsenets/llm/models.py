@@ -133,10 +133,37 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
     return target
 
 
+#: ``--dtype`` choices: ``auto`` is the checkpoint's own dtype.
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def checkpoint_dtype(directory: str | Path) -> torch.dtype:
+    """The dtype a HF model directory was saved in (``dtype`` / ``torch_dtype`` of its
+    ``config.json``; float32 when it records none)."""
+    config = read_json(Path(directory) / "config.json", "model config")
+    name = config.get("dtype") or config.get("torch_dtype") or "float32"
+    value = getattr(torch, str(name).removeprefix("torch."), None)
+    return value if isinstance(value, torch.dtype) and value.is_floating_point else torch.float32
+
+
+def resolve_dtype(dtype: str | torch.dtype, directory: str | Path | None = None) -> torch.dtype:
+    """``dtype`` as a torch dtype: a torch float dtype as is, a name of :data:`DTYPES`
+    (``auto``: :func:`checkpoint_dtype` of ``directory``)."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise SparsenetsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype}")
+        return dtype
+    if dtype not in DTYPES:
+        raise SparsenetsError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+    if DTYPES[dtype] is not None:
+        return DTYPES[dtype]
+    return checkpoint_dtype(directory) if directory is not None else torch.float32
+
+
 def load_causal_lm(
     name_or_path: str | Path,
     *,
-    dtype: torch.dtype = torch.float32,
+    dtype: str | torch.dtype = torch.float32,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> torch.nn.Module:
@@ -144,7 +171,9 @@ def load_causal_lm(
 
     Args:
         name_or_path: a local HF model directory, or a known name (``smollm2-135m``).
-        dtype: parameter dtype (float32 by default; pruning statistics are computed in float32+).
+        dtype: parameter dtype: a torch dtype or ``"auto"`` (the checkpoint's own),
+            ``"float32"``, ``"bfloat16"``, ``"float16"``; float32 by default. Pruning statistics
+            accumulate in float32/float64 whatever it is.
         device: where to put the model.
         progress: show transformers' weight-loading progress bar.
 
@@ -154,10 +183,13 @@ def load_causal_lm(
     from transformers import AutoModelForCausalLM
 
     _offline()
+    if not isinstance(dtype, torch.dtype):
+        resolve_dtype(dtype)  # a bad name fails before any conversion or loading
     with progress_bars(progress):  # also over the one-time GGUF conversion of a known name
         directory = resolve_model_dir(name_or_path)
+        torch_dtype = resolve_dtype(dtype, directory)
         try:
-            model = AutoModelForCausalLM.from_pretrained(directory, dtype=dtype, local_files_only=True)
+            model = AutoModelForCausalLM.from_pretrained(directory, dtype=torch_dtype, local_files_only=True)
         except (OSError, ValueError, KeyError, RuntimeError) as error:
             raise SparsenetsError(f"cannot load the model in {str(directory)!r}: {first_line(error)}") from None
     return model.to(device).eval()

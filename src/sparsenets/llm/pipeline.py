@@ -22,7 +22,7 @@ from ..errors import SparsenetsError
 from .data import CALIBRATION_NOVELS, EVAL_NOVEL, SPLIT, calibration_batches, eval_windows
 from .export import check_pruned_output, read_sparsity_info, save_pruned
 from .methods import get_method
-from .models import load_causal_lm, load_tokenizer, progress_bars
+from .models import load_causal_lm, load_tokenizer, progress_bars, resolve_dtype
 from .perplexity import perplexity
 from .prune import check_allocation, prune, resolve_sparsity
 
@@ -91,8 +91,10 @@ def make_eval(source: str | Path | None = None, seq_len: int = 512,
 
 
 def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = None, *, batch_size: int = 4,
-                        device: str | torch.device = "cpu", progress: bool = True) -> dict[str, Any]:
-    """Perplexity of a saved (or known) causal LM under ``protocol``.
+                        dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
+                        progress: bool = True) -> dict[str, Any]:
+    """Perplexity of a saved (or known) causal LM under ``protocol``, with its weights in
+    ``dtype`` (default ``"auto"``: the checkpoint's own, as ``prune-llm`` measured it).
 
     Returns:
         ``{"model", "perplexity", "protocol", "seconds", "saved"}`` where ``saved`` is the
@@ -100,10 +102,11 @@ def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = 
         ``None``), so a reload can be checked against the run that saved it.
     """
     protocol = protocol or make_eval()
+    resolve_dtype(dtype)
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
     windows = protocol.windows(tokenizer)
-    model = load_causal_lm(model_name, device=device, progress=progress)
+    model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
     start = time.perf_counter()
     value = perplexity(model, windows, batch_size, progress=progress)
     saved = None
@@ -129,6 +132,7 @@ def prune_pretrained(
     batch_size: int = 8,
     targets: str | list[str] | None = None,
     ignore: str | list[str] | None = None,
+    dtype: str | torch.dtype = "auto",
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -142,6 +146,9 @@ def prune_pretrained(
             ignore: see :func:`.prune.prune`.
         calibration: calibration protocol (default: 128 Austen windows of 512 tokens, seed 0).
         evaluation: when given, perplexity is measured after pruning and recorded.
+        dtype: the weights' dtype while pruning and in ``out``: ``"auto"`` (default: the
+            checkpoint's own, so a bfloat16 model is saved in bfloat16), ``"float32"``,
+            ``"bfloat16"``, ``"float16"`` or a torch dtype. Statistics accumulate in float32+.
         device: where the model runs (``cpu``, ``cuda``, …).
         overwrite: replace a non-empty ``out``.
 
@@ -156,12 +163,13 @@ def prune_pretrained(
     target, parsed = resolve_sparsity(sparsity, structure)  # validate everything before loading
     get_method(method)
     check_allocation(allocation, parsed)
+    resolve_dtype(dtype)
     calibration = calibration or make_calibration()
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
     calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
-    model = load_causal_lm(model_name, device=device, progress=progress)
+    model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
     start = time.perf_counter()
     result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
                    owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
@@ -181,6 +189,7 @@ def prune_pretrained(
         "calibration": calibration.describe() if calib is not None else None,
         "prune_seconds": seconds,
         "device": str(device),
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
     }
     if windows is not None:
         ppl_start = time.perf_counter()
