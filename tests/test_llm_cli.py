@@ -235,3 +235,32 @@ def test_bf16_checkpoint_is_pruned_and_saved_in_bf16(capsys, tmp_path, model_dir
     code, _, err = cli(capsys, *prune_args(bf16, text, tmp_path / "x", "--dtype", "float64"))
     assert code != 0 and "dtype must be one of auto, float32, bfloat16, float16, got 'float64'" in err
     assert "Traceback" not in err and not (tmp_path / "x").exists()
+
+
+def test_low_memory_prune_equals_the_in_memory_one(capsys, tmp_path, model_dir):
+    from sparsenets.llm import load_pruned_masks
+
+    directory, text = model_dir
+    runs = {}
+    for mode, extra in (("full", ()), ("block", ("--low-memory",))):
+        out = tmp_path / mode
+        code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "sparsegpt", "--nm", "2:4",
+                                               "--eval", *extra))
+        assert code == 0, err
+        runs[mode] = (out, json.loads((out / "sparsity.json").read_text()))
+    (full, info_full), (block, info_block) = runs["full"], runs["block"]
+    assert info_block["memory"] == "block" and info_full["memory"] == "full"
+    assert info_block["peak_rss_mib"] > 0 and info_full["peak_rss_mib"] > 0
+    assert info_block["layers"] == info_full["layers"] and info_block["structure"] == "2:4"
+    assert info_block["perplexity"]["value"] == pytest.approx(info_full["perplexity"]["value"], rel=1e-5)
+    for key in ("pruned_layers", "prunable_params", "prunable_zeros", "model_params"):
+        assert info_block["summary"][key] == info_full["summary"][key], key
+    masks_full, masks_block = load_pruned_masks(full), load_pruned_masks(block)  # 2:4 checked on reload
+    assert all(torch.equal(masks_full[n], masks_block[n]) for n in masks_full)
+    ids = torch.randint(0, 100, (2, 10))
+    a = transformers.AutoModelForCausalLM.from_pretrained(full)
+    b = transformers.AutoModelForCausalLM.from_pretrained(block)  # sharded, plain transformers
+    with torch.no_grad():
+        torch.testing.assert_close(b(input_ids=ids).logits, a(input_ids=ids).logits)
+    assert transformers.AutoTokenizer.from_pretrained(block)("the darcy").input_ids
+    assert not list(tmp_path.glob(".block.blocks-*"))  # the staging shards are cleaned up

@@ -205,3 +205,41 @@ def test_bfloat16_in_bfloat16_out(model_type, tmp_path):
         warnings.simplefilter("ignore")
         reloaded = transformers.AutoModelForCausalLM.from_pretrained(out)
     assert next(reloaded.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gemma3_text", "gpt2", "falcon", "phi3"])
+def test_low_memory_mode_gives_the_same_masks_and_weights(model_type, tmp_path):
+    """One block in memory at a time (skeleton + block streaming): the same masks and pruned
+    weights as in memory, the output a sharded checkpoint that reloads with the same logits."""
+    from sparsenets.llm import lowmem
+    from sparsenets.llm.export import mask_tensors
+
+    source = tmp_path / "source"
+    tiny(model_type).save_pretrained(source)
+    calibration = tokens(4, 12, seed=8)
+    in_memory = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32).eval()
+    expected = prune(in_memory, calibration, method="sparsegpt", sparsity=0.5, batch_size=2, progress=False)
+
+    skeleton, checkpoint = lowmem.build_skeleton(source, torch.float32)
+    assert all(p.is_meta for p in get_adapter(skeleton).blocks(skeleton).parameters())
+    staging = lowmem.staging_dir(tmp_path / "out")
+    streamer = lowmem.BlockStreamer(checkpoint, get_adapter(skeleton), torch.float32, "cpu", staging)
+    result = prune(skeleton, calibration, method="sparsegpt", sparsity=0.5, batch_size=2, progress=False,
+                   loader=streamer)
+    assert set(result.masks) == set(expected.masks)
+    for name in expected.masks:
+        assert torch.equal(result.masks[name], expected.masks[name]), name
+    assert all(p.is_meta for p in get_adapter(skeleton).blocks(skeleton).parameters())  # released again
+    windows = tokens(3, 10, seed=9)
+    from sparsenets.llm import perplexity
+    assert lowmem.staged_perplexity(skeleton, streamer, windows) == pytest.approx(
+        perplexity(in_memory, windows, progress=False), rel=1e-5)
+    out = lowmem.finish(tmp_path / "out", source, streamer, {"method": "sparsegpt", "layers": dict(result.sparsity)},
+                        mask_tensors(result.masks), "sparsity.json", "masks.safetensors")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        reloaded = transformers.AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+    ids = tokens(2, 9, seed=6)
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(input_ids=ids).logits, in_memory(input_ids=ids).logits)
+    assert len(list(out.glob("block-*.safetensors"))) == 4 and (out / "model.safetensors.index.json").is_file()

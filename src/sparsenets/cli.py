@@ -155,6 +155,9 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--dtype", default="auto",
                        help="weights while pruning and when saved: auto (default: the checkpoint's own), "
                             "float32, bfloat16, float16")
+    prune.add_argument("--low-memory", action="store_true",
+                       help="keep one decoder block in memory at a time (read from the checkpoint's safetensors, "
+                            "written out as it is pruned): same masks, for models larger than RAM")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
@@ -358,6 +361,7 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         targets=args.targets,
         ignore=args.ignore,
         dtype=args.dtype,
+        low_memory=args.low_memory,
         calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed),
         evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows) if args.eval else None,
         batch_size=args.batch_size,

@@ -161,7 +161,8 @@ class DecoderAdapter:
         return out
 
     @torch.no_grad()
-    def capture_inputs(self, model: nn.Module, input_ids: torch.Tensor, like: BlockInputs | None = None) -> BlockInputs:
+    def capture_inputs(self, model: nn.Module, input_ids: torch.Tensor, like: BlockInputs | None = None,
+                       *, passthrough: bool = False) -> BlockInputs:
         """The inputs of block 0 and the call kwargs of every block for ``input_ids``.
 
         Args:
@@ -170,6 +171,10 @@ class DecoderAdapter:
             like: inputs already captured for a batch of the same shape: its per-block kwargs are
                 reused (with no padding the masks, positions and rotary tables depend on the
                 shape only) and the forward stops at block 0.
+            passthrough: no block runs: each returns its input hidden states unchanged while
+                its arguments are recorded (they are computed by the model before its block
+                loop, from the batch shape, not from what the blocks return), so blocks whose
+                weights are not in memory can be captured (``--low-memory``).
         """
         blocks = self.blocks(model)
         if like is not None and like.hidden.shape[:2] != input_ids.shape:
@@ -194,7 +199,11 @@ class DecoderAdapter:
                     raise _Captured
             return record
 
+        forward = passthrough_forward(model, blocks, input_ids) if passthrough else None
         handles = [block.register_forward_pre_hook(hook(i), with_kwargs=True) for i, block in enumerate(blocks[: last + 1])]
+        if forward is not None:
+            for block in blocks:
+                block.forward = forward
         try:
             model(input_ids=input_ids, use_cache=False)
         except _Captured:
@@ -203,6 +212,9 @@ class DecoderAdapter:
         finally:
             for handle in handles:
                 handle.remove()
+            if passthrough:
+                for block in blocks:
+                    del block.forward
         raise SparsenetsError(f"{self.family} model never reached its decoder block {last}")
 
     @staticmethod
@@ -213,6 +225,55 @@ class DecoderAdapter:
         out = block(inputs.hidden, *extra, **call)
         hidden = out[0] if isinstance(out, tuple) else out
         return BlockInputs(hidden, inputs.kwargs, inputs.index + 1)
+
+
+def _passthrough(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> torch.Tensor:
+    """A block's forward during a passthrough capture: its input, unchanged."""
+    return hidden_states
+
+
+def _passthrough_tuple(hidden_states: torch.Tensor, *_args: Any, **_kwargs: Any) -> tuple[torch.Tensor]:
+    """The same for families whose blocks return a tuple ``(hidden_states, ...)``."""
+    return (hidden_states,)
+
+
+@torch.no_grad()
+def passthrough_forward(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor):
+    """The forward that makes every block return its input unchanged *in the form the model's
+    block loop expects* (a tensor, or a tuple it takes ``[0]`` of), found once per model by
+    trying the tensor form: if the hidden states entering the second block lose their shape, the
+    loop indexes the block output, and the tuple form is used."""
+    cached = getattr(model, "_sparsenets_passthrough", None)
+    if cached is not None:
+        return cached
+    forward = _passthrough
+    if len(blocks) > 1:
+        shapes: list[torch.Size] = []
+
+        def record(_module, args, kwargs):
+            state = args[0] if args else kwargs.get("hidden_states")
+            shapes.append(state.shape)
+            if len(shapes) == 2:
+                raise _Captured
+
+        handles = [b.register_forward_pre_hook(record, with_kwargs=True) for b in blocks[:2]]
+        for block in blocks:
+            block.forward = _passthrough
+        try:
+            model(input_ids=input_ids[:1, :2], use_cache=False)
+        except _Captured:
+            pass
+        except (IndexError, RuntimeError, TypeError, ValueError):
+            shapes = []
+        finally:
+            for handle in handles:
+                handle.remove()
+            for block in blocks:
+                del block.forward
+        if len(shapes) != 2 or shapes[0] != shapes[1]:
+            forward = _passthrough_tuple
+    model._sparsenets_passthrough = forward
+    return forward
 
 
 _POSITIONAL = "__positional__"  # key of a block's positional arguments after the hidden states

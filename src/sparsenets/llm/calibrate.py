@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from typing import Protocol
 
 import torch
 from torch import nn
@@ -53,6 +54,7 @@ def sequential_calibration(
     batch_size: int = 8,
     adapter: DecoderAdapter | None = None,
     progress: bool = True,
+    loader: BlockLoader | None = None,
 ) -> None:
     """Run the calibration set through the decoder blocks one at a time.
 
@@ -66,12 +68,20 @@ def sequential_calibration(
         batch_size: calibration sequences per forward call.
         adapter: model-family adapter (default: chosen from ``model.config``).
         progress: show a tqdm bar over blocks.
+        loader: for a model whose blocks are not in memory (``--low-memory``): block ``i`` is
+            ``loader.load(i, block)``-ed before it is used and ``loader.release(i, block)``-d
+            once its outputs are computed; the block inputs are then captured without running
+            any block (see :meth:`.adapters.DecoderAdapter.capture_inputs`).
     """
     adapter = adapter or get_adapter(model)
     blocks = adapter.blocks(model)
     if stats_factory is None:
         for index, block in enumerate(blocks):
+            if loader is not None:
+                loader.load(index, block)
             on_block(index, block, {})
+            if loader is not None:
+                loader.release(index, block)
         return
     calibration = check_calibration(calibration)
     device = next(model.parameters()).device
@@ -79,10 +89,13 @@ def sequential_calibration(
     by_shape: dict[tuple[int, ...], BlockInputs] = {}  # one full capture of the per-block kwargs per shape
     for chunk in calibration.split(batch_size):
         chunk = chunk.to(device)
-        inputs = adapter.capture_inputs(model, chunk, like=by_shape.get(tuple(chunk.shape)))
+        inputs = adapter.capture_inputs(model, chunk, like=by_shape.get(tuple(chunk.shape)),
+                                        passthrough=loader is not None)
         by_shape.setdefault(tuple(chunk.shape), inputs)
         batches.append(inputs)
     for index, block in enumerate(tqdm(blocks, desc="calibrating blocks", disable=not progress)):
+        if loader is not None:
+            loader.load(index, block)
         linears = adapter.linears(block, index)
         stats = {name: stats_factory(layer) for name, layer in linears.items()}
         seen: list[tuple[InputStats, torch.Tensor]] = []
@@ -103,7 +116,17 @@ def sequential_calibration(
                 handle.remove()
         on_block(index, block, stats)
         batches = [adapter.run_block(block, inputs) for inputs in batches]
+        if loader is not None:
+            loader.release(index, block)
         log.debug("block %d done: %d mini-batches of %s", index, len(batches), tuple(batches[0].hidden.shape))
+
+
+class BlockLoader(Protocol):
+    """Brings decoder blocks into memory one at a time (see :mod:`.lowmem`)."""
+
+    def load(self, index: int, block: nn.Module) -> None: ...
+
+    def release(self, index: int, block: nn.Module) -> None: ...
 
 
 class _InputsRecorded(Exception):

@@ -75,12 +75,19 @@ def _mask_state(model: nn.Module, masks: MaskStore) -> dict[str, torch.Tensor]:
     if unexpected or not len(masks):
         raise SparsenetsError(f"masks must name prunable layers of the decoder blocks (unexpected: {unexpected or 'no masks'})")
     expected = {name: expected[name] for name in masks}
-    state: dict[str, torch.Tensor] = {}
     for name, weight in expected.items():
-        mask = masks[name]
-        outside = int((weight.detach()[~mask.to(weight.device)] != 0).sum())
+        outside = int((weight.detach()[~masks[name].to(weight.device)] != 0).sum())
         if outside:
             raise SparsenetsError(f"{name} has {outside} nonzero weights where its mask is False; apply the masks first")
+    return mask_tensors(masks)
+
+
+def mask_tensors(masks: MaskStore) -> dict[str, torch.Tensor]:
+    """The tensors of ``masks.safetensors``: ``mask/<name>`` (bool, parameter layout) and
+    ``ever_active/<name>`` where the ever-active record differs from the mask."""
+    state: dict[str, torch.Tensor] = {}
+    for name in masks:
+        mask = masks[name]
         state[f"mask/{name}"] = mask
         ever = masks.ever_active(name)
         if not torch.equal(ever, mask):

@@ -22,7 +22,7 @@ from .. import allocation
 from ..errors import SparsenetsError
 from ..scores import wanda
 from .adapters import DecoderAdapter, get_adapter, in_features, weight_matrix
-from .calibrate import sequential_calibration
+from .calibrate import BlockLoader, sequential_calibration
 from .stats import InputNormStats, InputStats
 
 
@@ -48,6 +48,7 @@ def owl_outlier_ratios(
     batch_size: int = 8,
     adapter: DecoderAdapter | None = None,
     progress: bool = True,
+    loader: BlockLoader | None = None,
 ) -> dict[str, float]:
     """``{block name: LOD}`` for every decoder block of the *dense* ``model`` (nothing is modified).
 
@@ -70,6 +71,7 @@ def owl_outlier_ratios(
         batch_size=batch_size,
         adapter=adapter,
         progress=progress,
+        loader=loader,
     )
     return ratios
 

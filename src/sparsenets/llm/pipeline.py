@@ -10,6 +10,8 @@ how its numbers were obtained.
 from __future__ import annotations
 
 import logging
+import resource
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -19,10 +21,19 @@ import torch
 
 from .. import __version__
 from ..errors import SparsenetsError
+from . import lowmem
+from .adapters import get_adapter, is_transposed
 from .data import CALIBRATION_NOVELS, EVAL_NOVEL, SPLIT, calibration_batches, eval_windows
-from .export import check_pruned_output, read_sparsity_info, save_pruned
+from .export import (
+    MASK_FILE,
+    SPARSITY_FILE,
+    check_pruned_output,
+    mask_tensors,
+    read_sparsity_info,
+    save_pruned,
+)
 from .methods import get_method
-from .models import load_causal_lm, load_tokenizer, progress_bars, resolve_dtype
+from .models import load_causal_lm, load_tokenizer, progress_bars, resolve_dtype, resolve_model_dir
 from .perplexity import perplexity
 from .prune import check_allocation, prune, resolve_sparsity
 
@@ -117,6 +128,11 @@ def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = 
             "seconds": time.perf_counter() - start, "saved": saved}
 
 
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (``ru_maxrss``), MiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def prune_pretrained(
     model_name: str | Path,
     out: str | Path | None,
@@ -133,6 +149,7 @@ def prune_pretrained(
     targets: str | list[str] | None = None,
     ignore: str | list[str] | None = None,
     dtype: str | torch.dtype = "auto",
+    low_memory: bool = False,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -149,12 +166,16 @@ def prune_pretrained(
         dtype: the weights' dtype while pruning and in ``out``: ``"auto"`` (default: the
             checkpoint's own, so a bfloat16 model is saved in bfloat16), ``"float32"``,
             ``"bfloat16"``, ``"float16"`` or a torch dtype. Statistics accumulate in float32+.
+        low_memory: keep one decoder block in memory at a time, read from the checkpoint's
+            safetensors and written to ``out`` as it is pruned (:mod:`.lowmem`): same masks,
+            a fraction of the memory; ``out`` then holds one safetensors shard per block.
         device: where the model runs (``cpu``, ``cuda``, …).
         overwrite: replace a non-empty ``out``.
 
     Returns:
         The record also written to ``out/sparsity.json`` (method, target, protocols, measured
-        per-layer sparsity in ``layers``, ``prune_seconds``, ``perplexity`` when evaluated);
+        per-layer sparsity in ``layers``, ``prune_seconds``, ``perplexity`` when evaluated,
+        ``memory`` mode and the process's ``peak_rss_mib``);
         ``out`` also gets the keep masks (``masks.safetensors``, see :func:`.export.save_pruned`).
     """
     if out is not None:
@@ -169,37 +190,63 @@ def prune_pretrained(
         tokenizer = load_tokenizer(model_name)
     calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
-    model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
-    start = time.perf_counter()
-    result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
-                   owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
-                   progress=progress)
-    seconds = time.perf_counter() - start
-    log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
-    record: dict[str, Any] = {
-        "sparsenets_version": __version__,
-        "source_model": str(model_name),
-        "method": method,
-        "sparsity": target,
-        "structure": str(parsed),
-        "allocation": allocation,
-        "targets": list([targets] if isinstance(targets, str) else targets or []),
-        "ignore": list([ignore] if isinstance(ignore, str) else ignore or []),
-        "owl": {"m": owl_m, "lambda": owl_lambda} if allocation == "owl" else None,
-        "calibration": calibration.describe() if calib is not None else None,
-        "prune_seconds": seconds,
-        "device": str(device),
-        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."),
-    }
-    if windows is not None:
-        ppl_start = time.perf_counter()
-        value = perplexity(model, windows, progress=progress)
-        record["perplexity"] = {"value": value, "protocol": evaluation.describe(),
-                                "seconds": time.perf_counter() - ppl_start}
-    if out is not None:
+    streamer = staging = None
+    if low_memory:
         with progress_bars(progress):
-            save_pruned(model, out, record, tokenizer=tokenizer, masks=result.masks, structure=result.structure,
-                        overwrite=overwrite)
-        record["out"] = str(out)
+            directory = resolve_model_dir(model_name)
+        torch_dtype = resolve_dtype(dtype, directory)
+        model, checkpoint = lowmem.build_skeleton(directory, torch_dtype, device)
+        staging = lowmem.staging_dir(out)
+        streamer = lowmem.BlockStreamer(checkpoint, get_adapter(model), torch_dtype, device, staging)
+    else:
+        model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
+    try:
+        start = time.perf_counter()
+        result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
+                       owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
+                       progress=progress, loader=streamer)
+        seconds = time.perf_counter() - start
+        log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
+        record: dict[str, Any] = {
+            "sparsenets_version": __version__,
+            "source_model": str(model_name),
+            "method": method,
+            "sparsity": target,
+            "structure": str(parsed),
+            "allocation": allocation,
+            "targets": list([targets] if isinstance(targets, str) else targets or []),
+            "ignore": list([ignore] if isinstance(ignore, str) else ignore or []),
+            "owl": {"m": owl_m, "lambda": owl_lambda} if allocation == "owl" else None,
+            "calibration": calibration.describe() if calib is not None else None,
+            "prune_seconds": seconds,
+            "device": str(device),
+            "dtype": str(streamer.dtype if streamer else next(model.parameters()).dtype).removeprefix("torch."),
+            "memory": "block" if low_memory else "full",
+        }
+        if windows is not None:
+            ppl_start = time.perf_counter()
+            value = (lowmem.staged_perplexity(model, streamer, windows) if streamer is not None
+                     else perplexity(model, windows, progress=progress))
+            record["perplexity"] = {"value": value, "protocol": evaluation.describe(),
+                                    "seconds": time.perf_counter() - ppl_start}
+        record["peak_rss_mib"] = peak_rss_mib()
+        if out is not None and streamer is not None:
+            record["summary"] = lowmem.summary(streamer, list(result.masks), lowmem.outside_counts(streamer))
+            record["layers"] = dict(result.sparsity)
+            linears = get_adapter(model).prunable_linears(model)
+            transposed = sorted(n for n in record["layers"] if is_transposed(linears[n]))
+            if transposed:
+                record["transposed_layers"] = transposed
+            record["mask_file"] = MASK_FILE
+            lowmem.finish(out, directory, streamer, record, mask_tensors(result.masks), SPARSITY_FILE, MASK_FILE)
+            record["out"] = str(out)
+        elif out is not None:
+            with progress_bars(progress):
+                save_pruned(model, out, record, tokenizer=tokenizer, masks=result.masks, structure=result.structure,
+                            overwrite=overwrite)
+            record["out"] = str(out)
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     record["layers"] = result.sparsity
     return record

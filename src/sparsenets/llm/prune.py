@@ -28,7 +28,7 @@ from ..errors import SparsenetsError, check_sparsity, choice_error
 from ..masks import MaskStore
 from ..select import Structure, parse_structure
 from .adapters import DecoderAdapter, get_adapter, to_parameter_layout, weight_matrix
-from .calibrate import sequential_calibration
+from .calibrate import BlockLoader, sequential_calibration
 from .methods import get_method
 from .owl import owl_outlier_ratios
 from .stats import InputStats
@@ -104,6 +104,7 @@ def block_sparsities(
     allocation: str,
     *,
     adapter: DecoderAdapter,
+    loader: BlockLoader | None = None,
     owl_m: float = 5.0,
     owl_lambda: float = 0.08,
     batch_size: int = 8,
@@ -121,7 +122,8 @@ def block_sparsities(
         raise SparsenetsError("allocation 'owl' needs calibration token ids (Wanda scores of the dense model)")
     if not owl_m > 0:
         raise SparsenetsError(f"owl_m must be > 0, got {owl_m!r}")
-    ratios = owl_outlier_ratios(model, calibration, m=owl_m, batch_size=batch_size, adapter=adapter, progress=progress)
+    ratios = owl_outlier_ratios(model, calibration, m=owl_m, batch_size=batch_size, adapter=adapter, progress=progress,
+                                loader=loader)
     return allocations.owl(ratios, sparsity, owl_lambda)
 
 
@@ -140,6 +142,7 @@ def prune(
     targets: str | list[str] | None = None,
     ignore: str | list[str] | None = None,
     progress: bool = True,
+    loader: BlockLoader | None = None,
 ) -> PruneResult:
     r"""Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
 
@@ -166,6 +169,8 @@ def prune(
             pruned, e.g. ``"mlp"``; default every prunable layer of the blocks.
         ignore: regular expression(s) of layers left dense, e.g. ``r"\.0\."`` or ``"o_proj"``.
         progress: show progress bars.
+        loader: blocks not in memory are loaded and released one at a time through it
+            (:class:`.lowmem.BlockStreamer`, ``--low-memory``); its ``device`` holds the masks.
 
     Returns:
         A :class:`PruneResult`: ``.masks`` (keep masks keyed ``<Linear name>.weight``),
@@ -178,7 +183,7 @@ def prune(
     if pruner.stats is not None and calibration is None:
         raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
     adapter = get_adapter(model, targets=targets, ignore=ignore)
-    block_targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, owl_m=owl_m,
+    block_targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, loader=loader, owl_m=owl_m,
                                owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
     if allocation != "uniform":
         log.info("%s block sparsities: %s", allocation, ", ".join(f"{t:.3f}" for t in block_targets.values()))
@@ -187,7 +192,7 @@ def prune(
     if not weights:
         raise SparsenetsError(f"{type(model).__name__} has no prunable Linear inside its decoder blocks")
     masks = MaskStore({name: tuple(w.shape) for name, w in weights.items()},
-                      device=next(iter(weights.values())).device)
+                      device=loader.device if loader is not None else next(iter(weights.values())).device)
     measured: dict[str, float] = {}
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
@@ -210,6 +215,7 @@ def prune(
         batch_size=batch_size,
         adapter=adapter,
         progress=progress,
+        loader=loader,
     )
     masks.reset_ever_active()
     return PruneResult(masks, measured, parsed, block_targets)
