@@ -30,6 +30,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine_info import machine  # noqa: E402
+
 PEER_VENV = ROOT / ".bench" / "llmcompressor"
 PEER_SCRIPT = ROOT / "benchmarks" / "llmcompressor_oneshot.py"
 PEER_INSTALL = ["torch==2.13.0", "llmcompressor==0.14.*"]
@@ -45,7 +48,11 @@ def configurations(peer: bool) -> list[dict]:
     for setting, sparsity, structure in SETTINGS:
         for method in ("magnitude", "wanda", "sparsegpt"):
             base = {"method": method, "setting": setting, "sparsity": sparsity, "structure": structure}
-            runs.append({"id": f"{method}-{setting}", "system": "sparsenets", "allocation": "uniform", **base})
+            runs.append({"id": f"{method}-{setting}", "system": "sparsenets", "allocation": "uniform", **base,
+                         "save_masks": (method, setting) == ("sparsegpt", "0.5")})
+            if (method, setting) == ("sparsegpt", "0.5"):  # the low-memory mode, right after the in-memory run
+                runs.append({"id": "sparsegpt-0.5-lowmem", "system": "sparsenets (one block in memory)",
+                             "allocation": "uniform", "memory": "block", **base})
             if peer and method != "magnitude" and setting in PEER_SETTINGS:
                 runs.append({"id": f"llmcompressor-{method}-{setting}", "system": "llm-compressor", **base})
         if setting == "0.7":
@@ -70,19 +77,52 @@ def run_ours(run: dict, args: argparse.Namespace) -> dict:
     from sparsenets.llm.export import layer_sparsity
 
     calib, windows = load_data(args)
+    if run.get("memory") == "block":
+        return run_low_memory(run, args, calib, windows)
     model = load_causal_lm(args.model)
     embed_before = model.get_input_embeddings().weight.detach().clone()
     result: dict = {"prune_seconds": None}
     if run["method"] != "dense":
         start = time.perf_counter()
-        prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
-              allocation=run["allocation"], batch_size=args.batch_size, progress=False)
+        pruned = prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
+                       allocation=run["allocation"], batch_size=args.batch_size, progress=False)
         result["prune_seconds"] = time.perf_counter() - start
+        if run.get("save_masks"):
+            from sparsenets.io import save_tensors
+
+            save_tensors(Path(args.work) / f"{run['id']}.masks.safetensors", dict(pruned.masks.items()))
     result["peak_rss_mb"] = peak_rss_mb()
     result["embeddings_unchanged"] = bool(torch.equal(model.get_input_embeddings().weight, embed_before))
     result["layers"] = layer_sparsity(model)
     result["perplexity"] = perplexity(model, windows, args.eval_batch_size, progress=False)
     return result
+
+
+def run_low_memory(run: dict, args: argparse.Namespace, calib, windows) -> dict:
+    """The same pruning with one decoder block in memory (``prune-llm --low-memory``)."""
+    import shutil
+
+    import torch
+
+    from sparsenets.io import save_tensors
+    from sparsenets.llm import get_adapter, lowmem, prune, resolve_model_dir
+
+    directory = resolve_model_dir(args.model)
+    model, checkpoint = lowmem.build_skeleton(directory, torch.float32)
+    staging = lowmem.staging_dir(Path(args.work) / run["id"])
+    streamer = lowmem.BlockStreamer(checkpoint, get_adapter(model), torch.float32, "cpu", staging)
+    try:
+        start = time.perf_counter()
+        pruned = prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
+                       allocation=run["allocation"], batch_size=args.batch_size, progress=False, loader=streamer)
+        seconds = time.perf_counter() - start
+        rss = peak_rss_mb()
+        save_tensors(Path(args.work) / f"{run['id']}.masks.safetensors", dict(pruned.masks.items()))
+        ppl = lowmem.staged_perplexity(model, streamer, windows, args.eval_batch_size)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"prune_seconds": seconds, "peak_rss_mb": rss, "embeddings_unchanged": True,
+            "layers": dict(pruned.sparsity), "perplexity": ppl}
 
 
 def evaluate_peer(run: dict, args: argparse.Namespace, weights: Path) -> dict:
@@ -192,6 +232,24 @@ def run_one(run: dict, args: argparse.Namespace, peer_python: str | None) -> dic
             "peer_version": peer["version"], **json.loads(result_path.read_text())}
 
 
+def memory_modes(rows: list[dict], work: Path) -> dict | None:
+    """The low-memory run against the in-memory one at the same setting: masks equal, RSS saved."""
+    by_id = {r["id"]: r for r in rows}
+    full, block = by_id.get("sparsegpt-0.5"), by_id.get("sparsegpt-0.5-lowmem")
+    paths = [work / f"{i}.masks.safetensors" for i in ("sparsegpt-0.5", "sparsegpt-0.5-lowmem")]
+    if full is None or block is None or not all(p.is_file() for p in paths):
+        return None
+    import torch
+
+    from sparsenets.io import load_tensors
+
+    a, b = (load_tensors(p) for p in paths)
+    return {"same_masks": set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a),
+            "rss_full_mb": full["peak_rss_mb"], "rss_block_mb": block["peak_rss_mb"],
+            "rss_saved_mb": full["peak_rss_mb"] - block["peak_rss_mb"],
+            "seconds_full": full["prune_seconds"], "seconds_block": block["prune_seconds"]}
+
+
 def layer_stats(layers: dict[str, float]) -> tuple[float, float, float]:
     values = list(layers.values())
     return min(values), sum(values) / len(values), max(values)
@@ -281,6 +339,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in cmp:
         print(f"vs llm-compressor {c['method']:9s} {c['setting']:4s}: perplexity ratio {c['perplexity_ratio']:.4f}, "
               f"speedup {c['speedup']:.2f}x, RSS {c['rss_ours_mb']:.0f} vs {c['rss_peer_mb']:.0f} MB")
+    modes = memory_modes(rows, Path(args.work))
+    if modes:
+        print(f"one block in memory vs whole model (sparsegpt 50%): same masks {modes['same_masks']}, "
+              f"peak RSS {modes['rss_block_mb']:.0f} vs {modes['rss_full_mb']:.0f} MB "
+              f"({modes['rss_saved_mb']:.0f} MB less), prune {modes['seconds_block']:.1f} vs {modes['seconds_full']:.1f} s")
     if args.markdown:
         print()
         print(format_table(rows, markdown=True))
@@ -292,9 +355,11 @@ def main(argv: list[str] | None = None) -> int:
         "protocol": {"model": args.model, "calibration": f"{args.calib_samples} x {args.seq_len} tokens, Austen "
                      f"(Pride and Prejudice + Sense and Sensibility), seed {args.seed}",
                      "evaluation": f"first {args.eval_windows} x {args.seq_len} tokens of Emma"},
-        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    **machine()},
         "runs": rows,
         "versus_llm_compressor": cmp,
+        "memory_modes": modes,
     })
     print(f"\nwrote {args.json}")
     return 0
