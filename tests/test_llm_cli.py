@@ -264,3 +264,97 @@ def test_low_memory_prune_equals_the_in_memory_one(capsys, tmp_path, model_dir):
         torch.testing.assert_close(b(input_ids=ids).logits, a(input_ids=ids).logits)
     assert transformers.AutoTokenizer.from_pretrained(block)("the darcy").input_ids
     assert not list(tmp_path.glob(".block.blocks-*"))  # the staging shards are cleaned up
+
+
+def _bos_tokenizer(model_dir):
+    """The fixture's tokenizer with a post-processor that prepends <s>, as Llama's does."""
+    directory, _ = model_dir
+    tok = transformers.AutoTokenizer.from_pretrained(directory)
+    tok._tokenizer.post_processor = tokenizers.processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", tok.convert_tokens_to_ids("<s>"))])
+    return tok
+
+
+def test_windows_follow_the_tokenizers_bos_convention(model_dir):
+    from sparsenets.llm.data import bos_token, calibration_batches, eval_windows
+
+    directory, text = model_dir
+    plain = transformers.AutoTokenizer.from_pretrained(directory)
+    with_bos = _bos_tokenizer(model_dir)
+    s = with_bos.convert_tokens_to_ids("<s>")
+    assert bos_token(plain) is None and bos_token(with_bos) == s
+    assert bos_token(plain, True) == s and bos_token(with_bos, False) is None
+    calib = calibration_batches(with_bos, 4, 16, source=text)
+    assert calib.shape == (4, 16) and (calib[:, 0] == s).all() and not (calib[:, 1:] == s).any()
+    windows = eval_windows(with_bos, 16, 3, source=text)
+    assert (windows[:, 0] == s).all()
+    body = eval_windows(with_bos, 16, 3, source=text, bos=False)
+    assert not (body[:, 0] == s).all()
+    assert torch.equal(windows[0, 1:], body.reshape(-1)[:15])  # BOS + the next 15 text tokens
+    assert torch.equal(calibration_batches(plain, 4, 16, source=text), calibration_batches(with_bos, 4, 16, source=text,
+                                                                                         bos=False))
+
+
+def test_bos_is_recorded_and_can_be_turned_on(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    out = tmp_path / "bos"
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "wanda", "--eval", "--bos", "on"))
+    assert code == 0, err
+    info = json.loads((out / "sparsity.json").read_text())
+    s = transformers.AutoTokenizer.from_pretrained(directory).convert_tokens_to_ids("<s>")
+    assert info["calibration"]["bos"] is True and info["calibration"]["bos_token_id"] == s
+    assert info["perplexity"]["protocol"]["bos"] is True and info["perplexity"]["bos_token_id"] == s
+    with pytest.raises(SystemExit) as exit_info:
+        cli(capsys, *prune_args(directory, text, tmp_path / "x", "--bos", "maybe"))
+    assert exit_info.value.code == 2 and "invalid choice: 'maybe'" in capsys.readouterr().err
+
+
+def test_calibration_text_from_jsonl_and_a_saved_dataset(tmp_path, model_dir):
+    from sparsenets.llm.data import calibration_tokens
+    from sparsenets.llm.pipeline import make_calibration
+
+    directory, text = model_dir
+    tok = transformers.AutoTokenizer.from_pretrained(directory)
+    documents = text.read_text().split("\n")[:200]
+    jsonl = tmp_path / "docs.jsonl"
+    jsonl.write_text("\n".join(json.dumps({"text": d}) for d in documents))
+    plain = tmp_path / "docs.txt"
+    plain.write_text("\n\n".join(documents))
+    assert torch.equal(calibration_tokens(tok, jsonl), calibration_tokens(tok, plain))
+    datasets = pytest.importorskip("datasets")
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": documents}).save_to_disk(str(saved))
+    assert torch.equal(calibration_tokens(tok, saved), calibration_tokens(tok, plain))
+    assert make_calibration(saved, 2, 8).batches(tok).shape == (2, 8)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"body": 3}\n')
+    from sparsenets.errors import SparsenetsError
+    with pytest.raises(SparsenetsError, match="bad.jsonl' line 2: expected a JSON string or an object with a 'text'"):
+        calibration_tokens(tok, bad)
+    with pytest.raises(SparsenetsError, match="not a dataset saved with save_to_disk"):
+        calibration_tokens(tok, tmp_path)
+
+
+def test_a_tokenizer_without_merges_is_refused(capsys, tmp_path, model_dir):
+    """One token per character (a conversion that lost its merges) stops with one line."""
+    directory, text = model_dir
+    broken = tmp_path / "broken"
+    transformers.AutoModelForCausalLM.from_pretrained(directory).save_pretrained(broken)
+    chars = sorted(set(text.read_text())) + ["<unk>", "<s>", "</s>"]
+    char_level = tokenizers.Tokenizer(tokenizers.models.WordLevel({c: i for i, c in enumerate(chars)}, unk_token="<unk>"))
+    char_level.pre_tokenizer = tokenizers.pre_tokenizers.Split("", behavior="isolated")
+    transformers.PreTrainedTokenizerFast(tokenizer_object=char_level, unk_token="<unk>").save_pretrained(broken)
+    code, _, err = cli(capsys, *prune_args(broken, text, tmp_path / "out"))
+    assert code != 0 and "tokens per character" in err and "merges look lost" in err and "Traceback" not in err
+
+
+def test_gguf_paths_are_checked_and_keyed_by_content(tmp_path):
+    from sparsenets.errors import SparsenetsError
+    from sparsenets.llm.models import file_digest, resolve_model_dir
+
+    with pytest.raises(SparsenetsError, match="GGUF file .*missing.gguf' does not exist"):
+        resolve_model_dir(tmp_path / "missing.gguf")
+    a, b = tmp_path / "a.gguf", tmp_path / "b.gguf"
+    a.write_bytes(b"GGUF" + bytes(100))
+    b.write_bytes(b"GGUF" + bytes(99) + b"\x01")
+    assert file_digest(a) != file_digest(b) and file_digest(a) == file_digest(a)

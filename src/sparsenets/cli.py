@@ -134,12 +134,15 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--owl-m", type=float, default=5.0, help="OWL outlier threshold M (default 5)")
     prune.add_argument("--owl-lambda", type=float, default=0.08, help="OWL max deviation λ (default 0.08)")
     prune.add_argument("--calib", default="austen", metavar="TEXT",
-                       help="calibration text: austen (default: Pride and Prejudice + Sense and Sensibility) "
-                            "or a plain text file (its first 80%%)")
+                       help="calibration text: austen (default: Pride and Prejudice + Sense and Sensibility), "
+                            "or a text / .jsonl file or a dataset saved with save_to_disk (its first 80%%)")
     prune.add_argument("--calib-samples", type=_positive_int, default=128, help="calibration windows (default 128)")
     prune.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512)")
     prune.add_argument("--seed", type=int, default=0, help="seed of the calibration windows (default 0)")
     prune.add_argument("--batch-size", type=_positive_int, default=8, help="sequences per forward call")
+    prune.add_argument("--bos", default="auto", choices=("auto", "on", "off"),
+                       help="start every calibration and evaluation window with the BOS token: auto (default: "
+                            "where the tokenizer adds one by default), on, off (e.g. to compare with tools that don't)")
     prune.add_argument("--targets", nargs="+", metavar="REGEX",
                        help="prune only layers whose full name matches one of these (e.g. mlp)")
     prune.add_argument("--ignore", nargs="+", metavar="REGEX",
@@ -162,11 +165,14 @@ def _add_llm_commands(sub) -> None:
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
     ppl.add_argument("--model", required=True, help="known name (smollm2-135m) or local HF model directory")
-    ppl.add_argument("--text", default="austen", help="austen (default: Emma) or a text file (its last 20%%)")
+    ppl.add_argument("--text", default="austen",
+                     help="austen (default: Emma), or a text / .jsonl file or saved dataset (its last 20%%)")
     ppl.add_argument("--seq-len", type=_positive_int, default=512, help="tokens per window (default 512)")
     ppl.add_argument("--windows", type=_windows, default=DEFAULT_EVAL_WINDOWS,
                      help=f"number of windows, or 'all' (default {DEFAULT_EVAL_WINDOWS})")
     ppl.add_argument("--batch-size", type=_positive_int, default=4, help="windows per forward call")
+    ppl.add_argument("--bos", default="auto", choices=("auto", "on", "off"),
+                     help="start every window with the BOS token: auto (default: as the tokenizer does), on, off")
     ppl.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
     ppl.add_argument("--dtype", default="auto",
                      help="weights' dtype: auto (default: the checkpoint's own), float32, bfloat16, float16")
@@ -362,8 +368,8 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         ignore=args.ignore,
         dtype=args.dtype,
         low_memory=args.low_memory,
-        calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed),
-        evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows) if args.eval else None,
+        calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed, args.bos),
+        evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows, args.bos) if args.eval else None,
         batch_size=args.batch_size,
         device=resolve_device(args.device),
         overwrite=args.overwrite,
@@ -386,7 +392,7 @@ def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from .llm.pipeline import evaluate_pretrained, make_eval
     from .training import resolve_device
 
-    result = evaluate_pretrained(args.model, make_eval(args.text, args.seq_len, args.windows),
+    result = evaluate_pretrained(args.model, make_eval(args.text, args.seq_len, args.windows, args.bos),
                                  batch_size=args.batch_size, dtype=args.dtype, device=resolve_device(args.device),
                                  progress=not args.quiet)
     if args.json:

@@ -20,6 +20,7 @@ Protocol (fixed, so results are comparable across runs and methods):
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import warnings
 import zlib
@@ -94,11 +95,66 @@ def _tokens(tokenizer, text: str) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def _read_source(source: str | Path) -> str:
+def read_source(source: str | Path) -> str:
+    """The text of a local source: a plain text file, a ``.jsonl`` file (a ``"text"`` field per
+    line, or a JSON string per line), or a ``datasets`` dataset saved with ``save_to_disk`` (its
+    ``text`` column); documents are joined by blank lines."""
     path = Path(source)
+    if path.is_dir():
+        if not ((path / "dataset_info.json").is_file() or (path / "state.json").is_file()
+                or (path / "dataset_dict.json").is_file()):
+            raise SparsenetsError(f"{str(path)!r} is a directory but not a dataset saved with save_to_disk")
+        try:
+            import datasets
+        except ImportError:
+            raise SparsenetsError("reading a saved dataset needs the datasets package (pip install datasets)") from None
+        data = datasets.load_from_disk(str(path))
+        if isinstance(data, datasets.DatasetDict):
+            data = data["train"] if "train" in data else data[next(iter(data))]
+        if "text" not in data.column_names:
+            raise SparsenetsError(f"dataset {str(path)!r} has no 'text' column (columns: {data.column_names})")
+        return "\n\n".join(str(t) for t in data["text"])
     if not path.is_file():
         raise SparsenetsError(f"text file {str(path)!r} does not exist")
-    return path.read_text(encoding="utf-8", errors="replace")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if path.suffix.lower() != ".jsonl":
+        return text
+    documents = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SparsenetsError(f"{str(path)!r} line {number} is not JSON: {exc.msg}") from None
+        value = row.get("text") if isinstance(row, dict) else row
+        if not isinstance(value, str):
+            raise SparsenetsError(f"{str(path)!r} line {number}: expected a JSON string or an object with a "
+                                  f"'text' string")
+        documents.append(value)
+    return "\n\n".join(documents)
+
+
+def bos_token(tokenizer, bos: str | bool = "auto") -> int | None:
+    """The BOS id to put at the start of every window, or ``None``.
+
+    ``"auto"`` follows the tokenizer's own convention: a BOS token where encoding with special
+    tokens (its default) prepends one, none where it does not (GPT-2, Qwen, SmolLM2 add none);
+    ``True`` / ``False`` force it (``True`` needs a tokenizer with a BOS token).
+    """
+    if bos not in ("auto", True, False):
+        raise SparsenetsError(f"bos must be auto, True or False, got {bos!r}")
+    token = getattr(tokenizer, "bos_token_id", None)
+    if bos is False:
+        return None
+    if bos is True:
+        if token is None:
+            raise SparsenetsError("bos=True, but the tokenizer has no BOS token")
+        return int(token)
+    if token is None:
+        return None
+    ids = tokenizer("a", verbose=False)["input_ids"]
+    return int(token) if ids and ids[0] == token else None
 
 
 def _check_positive(value: int, what: str) -> int:
@@ -111,7 +167,7 @@ def calibration_tokens(tokenizer, source: str | Path | None = None) -> torch.Ten
     """(n,) token ids of the calibration text (see the module protocol)."""
     if source is None:
         return torch.cat([_tokens(tokenizer, load_novel(n)) for n in CALIBRATION_NOVELS])
-    ids = _tokens(tokenizer, _read_source(source))
+    ids = _tokens(tokenizer, read_source(source))
     return ids[: int(SPLIT * ids.numel())]
 
 
@@ -119,37 +175,59 @@ def eval_tokens(tokenizer, source: str | Path | None = None) -> torch.Tensor:
     """(n,) token ids of the held-out evaluation text (see the module protocol)."""
     if source is None:
         return _tokens(tokenizer, load_novel(EVAL_NOVEL))
-    ids = _tokens(tokenizer, _read_source(source))
+    ids = _tokens(tokenizer, read_source(source))
     return ids[int(SPLIT * ids.numel()) :]
 
 
 def calibration_batches(
-    tokenizer, n_samples: int = 128, seq_len: int = 512, seed: int = 0, *, source: str | Path | None = None
+    tokenizer, n_samples: int = 128, seq_len: int = 512, seed: int = 0, *, source: str | Path | None = None,
+    bos: str | bool = "auto",
 ) -> torch.Tensor:
     """Random calibration windows, (n_samples, seq_len) int64 token ids.
 
     Window starts are drawn uniformly from the calibration text with a generator seeded by
-    ``seed``; the same arguments always give the same windows.
+    ``seed``; the same arguments always give the same windows. With a BOS token
+    (:func:`bos_token`), each window is BOS followed by ``seq_len - 1`` text tokens.
     """
     _check_positive(n_samples, "n_samples")
     _check_positive(seq_len, "seq_len")
+    token = bos_token(tokenizer, bos)
     ids = calibration_tokens(tokenizer, source)
     if ids.numel() <= seq_len:
         raise SparsenetsError(f"calibration text has {ids.numel()} tokens, fewer than seq_len {seq_len} + 1")
     generator = torch.Generator().manual_seed(int(seed))
     starts = torch.randint(0, ids.numel() - seq_len, (n_samples,), generator=generator)
-    return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    if token is None:
+        return torch.stack([ids[s : s + seq_len] for s in starts.tolist()])
+    return torch.stack([torch.cat([torch.tensor([token]), ids[s : s + seq_len - 1]]) for s in starts.tolist()])
 
 
 def eval_windows(
-    tokenizer, seq_len: int = 512, n_windows: int | None = None, *, source: str | Path | None = None
+    tokenizer, seq_len: int = 512, n_windows: int | None = None, *, source: str | Path | None = None,
+    bos: str | bool = "auto",
 ) -> torch.Tensor:
     """Non-overlapping evaluation windows from the held-out text, (n_windows, seq_len) int64.
 
-    ``n_windows=None`` takes every complete window.
+    ``n_windows=None`` takes every complete window. With a BOS token (:func:`bos_token`) each
+    window is BOS followed by the next ``seq_len - 1`` text tokens (the BOS is not predicted).
     """
     _check_positive(seq_len, "seq_len")
+    token = bos_token(tokenizer, bos)
     ids = eval_tokens(tokenizer, source)
+    if token is not None:
+        _check_positive(seq_len - 1, "seq_len - 1 (one token is the BOS)")
+        body = seq_len - 1
+        available = ids.numel() // body
+        if n_windows is not None:
+            _check_positive(n_windows, "n_windows")
+            if n_windows > available:
+                raise SparsenetsError(
+                    f"evaluation text has only {available} windows of {seq_len} tokens, asked for {n_windows}")
+            available = n_windows
+        if available == 0:
+            raise SparsenetsError(f"evaluation text has {ids.numel()} tokens, fewer than seq_len {seq_len}")
+        text = ids[: available * body].reshape(available, body)
+        return torch.cat([torch.full((available, 1), token, dtype=torch.long), text], dim=1)
     available = ids.numel() // seq_len
     if n_windows is not None:
         _check_positive(n_windows, "n_windows")

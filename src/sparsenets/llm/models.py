@@ -59,6 +59,40 @@ def _gguf_path(name: str) -> Path:
     return path
 
 
+def file_digest(path: Path, chunk: int = 1 << 24) -> str:
+    """SHA-256 of a file (hex), read in chunks: the cache key of a converted GGUF file, so a
+    changed file is converted again."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+#: A tokenizer above this many tokens per character of English prose has lost its merges (an
+#: intact BPE/SentencePiece tokenizer gives about 0.2-0.3).
+MAX_TOKENS_PER_CHAR = 0.6
+
+
+def check_tokenizer(tokenizer, sample: str) -> float:
+    """Tokens per character of ``sample`` (prose); raises when the tokenizer encodes it at about
+    one token per character, as a GGUF conversion whose merges were lost does."""
+    text = sample[:4000]
+    if not text.strip():
+        return 0.0
+    n_tokens = len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    ratio = n_tokens / len(text)
+    if ratio > MAX_TOKENS_PER_CHAR:
+        raise SparsenetsError(
+            f"the tokenizer encodes ordinary prose at {ratio:.2f} tokens per character (an intact one gives "
+            f"about 0.25): its merges look lost (a broken GGUF conversion?); use the model's original "
+            f"tokenizer files"
+        )
+    return ratio
+
+
 def _convert_gguf(gguf: Path, target: Path) -> None:
     """Dequantize a GGUF model once and save it as a normal safetensors directory at ``target``.
 
@@ -109,6 +143,14 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
         SparsenetsError: unknown name, or a known name whose package is not installed.
     """
     path = Path(name_or_path).expanduser()
+    if path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise SparsenetsError(f"GGUF file {str(path)!r} does not exist")
+        target = cache_root() / "models" / f"gguf-{path.stem}-{file_digest(path)[:16]}"
+        if not (target / "config.json").is_file():
+            _offline()
+            _convert_gguf(path, target)
+        return target
     if path.is_dir():
         config = read_json(path / "config.json", "model config") if (path / "config.json").is_file() else None
         if config is None:

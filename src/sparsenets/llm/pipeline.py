@@ -23,7 +23,16 @@ from .. import __version__
 from ..errors import SparsenetsError
 from . import lowmem
 from .adapters import get_adapter, is_transposed
-from .data import CALIBRATION_NOVELS, EVAL_NOVEL, SPLIT, calibration_batches, eval_windows
+from .data import (
+    CALIBRATION_NOVELS,
+    EVAL_NOVEL,
+    SPLIT,
+    bos_token,
+    calibration_batches,
+    eval_windows,
+    load_novel,
+    read_source,
+)
 from .export import (
     MASK_FILE,
     SPARSITY_FILE,
@@ -33,7 +42,14 @@ from .export import (
     save_pruned,
 )
 from .methods import get_method
-from .models import load_causal_lm, load_tokenizer, progress_bars, resolve_dtype, resolve_model_dir
+from .models import (
+    check_tokenizer,
+    load_causal_lm,
+    load_tokenizer,
+    progress_bars,
+    resolve_dtype,
+    resolve_model_dir,
+)
 from .perplexity import perplexity
 from .prune import check_allocation, prune, resolve_sparsity
 
@@ -44,22 +60,30 @@ DEFAULT_EVAL_WINDOWS = 64
 
 
 def _source_name(source: str | Path | None) -> str | None:
-    """``None`` for the bundled text (``"austen"``), else the path of a text file (checked)."""
+    """``None`` for the bundled text (``"austen"``), else the path of a local source (checked): a
+    text file, a ``.jsonl`` file or a directory written by ``datasets``' ``save_to_disk``."""
     if source is None or str(source) == "austen":
         return None
-    if not Path(source).is_file():
-        raise SparsenetsError(f"text {str(source)!r} not found (give austen or a plain text file)")
+    if not (Path(source).is_file() or Path(source).is_dir()):
+        raise SparsenetsError(f"text {str(source)!r} not found (give austen, a text or .jsonl file, "
+                              "or a dataset saved with save_to_disk)")
     return str(source)
+
+
+def sample_text(source: str | None) -> str:
+    """A few thousand characters of a protocol's text, to check the tokenizer on."""
+    return (load_novel(EVAL_NOVEL) if source is None else read_source(source))[:4000]
 
 
 @dataclass(frozen=True)
 class CalibrationProtocol:
     """Where calibration windows come from: ``n_samples`` random windows of ``seq_len`` tokens."""
 
-    source: str | None = None  # None: Jane Austen (see .data); else a plain text file
+    source: str | None = None  # None: Jane Austen (see .data); else a local file or saved dataset
     n_samples: int = 128
     seq_len: int = 512
     seed: int = 0
+    bos: str | bool = "auto"  # see .data.bos_token
 
     def describe(self) -> dict[str, Any]:
         text = (f"austen:{'+'.join(CALIBRATION_NOVELS)}" if self.source is None
@@ -68,16 +92,18 @@ class CalibrationProtocol:
 
     def batches(self, tokenizer) -> torch.Tensor:
         """(n_samples, seq_len) int64 token ids."""
-        return calibration_batches(tokenizer, self.n_samples, self.seq_len, self.seed, source=self.source)
+        return calibration_batches(tokenizer, self.n_samples, self.seq_len, self.seed, source=self.source,
+                                   bos=self.bos)
 
 
 @dataclass(frozen=True)
 class EvalProtocol:
     """Perplexity text: the first ``n_windows`` non-overlapping windows of held-out text."""
 
-    source: str | None = None  # None: Jane Austen's Emma; else the last part of a text file
+    source: str | None = None  # None: Jane Austen's Emma; else the last part of a local source
     seq_len: int = 512
     n_windows: int | None = DEFAULT_EVAL_WINDOWS
+    bos: str | bool = "auto"  # see .data.bos_token
 
     def describe(self) -> dict[str, Any]:
         text = (f"austen:{EVAL_NOVEL}" if self.source is None
@@ -86,19 +112,28 @@ class EvalProtocol:
 
     def windows(self, tokenizer) -> torch.Tensor:
         """(n_windows, seq_len) int64 token ids."""
-        return eval_windows(tokenizer, self.seq_len, self.n_windows, source=self.source)
+        return eval_windows(tokenizer, self.seq_len, self.n_windows, source=self.source, bos=self.bos)
+
+
+def _bos_setting(bos: str | bool) -> str | bool:
+    """``auto`` / ``on`` / ``off`` (or a bool) as the protocols store it."""
+    value = {"auto": "auto", "on": True, "off": False, True: True, False: False}.get(bos)
+    if value is None:
+        raise SparsenetsError(f"bos must be auto, on or off, got {bos!r}")
+    return value
 
 
 def make_calibration(source: str | Path | None = None, n_samples: int = 128, seq_len: int = 512,
-                     seed: int = 0) -> CalibrationProtocol:
-    """A :class:`CalibrationProtocol`; ``source`` ``"austen"``/``None`` or a text file path."""
-    return CalibrationProtocol(_source_name(source), int(n_samples), int(seq_len), int(seed))
+                     seed: int = 0, bos: str | bool = "auto") -> CalibrationProtocol:
+    """A :class:`CalibrationProtocol`; ``source`` ``"austen"``/``None`` or a local source path."""
+    return CalibrationProtocol(_source_name(source), int(n_samples), int(seq_len), int(seed), _bos_setting(bos))
 
 
 def make_eval(source: str | Path | None = None, seq_len: int = 512,
-              n_windows: int | None = DEFAULT_EVAL_WINDOWS) -> EvalProtocol:
-    """An :class:`EvalProtocol`; ``source`` ``"austen"``/``None`` or a text file path."""
-    return EvalProtocol(_source_name(source), int(seq_len), None if n_windows is None else int(n_windows))
+              n_windows: int | None = DEFAULT_EVAL_WINDOWS, bos: str | bool = "auto") -> EvalProtocol:
+    """An :class:`EvalProtocol`; ``source`` ``"austen"``/``None`` or a local source path."""
+    return EvalProtocol(_source_name(source), int(seq_len), None if n_windows is None else int(n_windows),
+                        _bos_setting(bos))
 
 
 def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = None, *, batch_size: int = 4,
@@ -116,6 +151,7 @@ def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = 
     resolve_dtype(dtype)
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
+    check_tokenizer(tokenizer, sample_text(protocol.source))
     windows = protocol.windows(tokenizer)
     model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
     start = time.perf_counter()
@@ -188,6 +224,7 @@ def prune_pretrained(
     calibration = calibration or make_calibration()
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
+    check_tokenizer(tokenizer, sample_text(calibration.source))
     calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
     streamer = staging = None
@@ -217,7 +254,8 @@ def prune_pretrained(
             "targets": list([targets] if isinstance(targets, str) else targets or []),
             "ignore": list([ignore] if isinstance(ignore, str) else ignore or []),
             "owl": {"m": owl_m, "lambda": owl_lambda} if allocation == "owl" else None,
-            "calibration": calibration.describe() if calib is not None else None,
+            "calibration": (calibration.describe() | {"bos_token_id": bos_token(tokenizer, calibration.bos)}
+                            if calib is not None else None),
             "prune_seconds": seconds,
             "device": str(device),
             "dtype": str(streamer.dtype if streamer else next(model.parameters()).dtype).removeprefix("torch."),
@@ -228,6 +266,7 @@ def prune_pretrained(
             value = (lowmem.staged_perplexity(model, streamer, windows) if streamer is not None
                      else perplexity(model, windows, progress=progress))
             record["perplexity"] = {"value": value, "protocol": evaluation.describe(),
+                                    "bos_token_id": bos_token(tokenizer, evaluation.bos),
                                     "seconds": time.perf_counter() - ppl_start}
         record["peak_rss_mib"] = peak_rss_mib()
         if out is not None and streamer is not None:
