@@ -387,9 +387,18 @@ void pack(const T* X, const T* gate, int64_t N, int64_t C, int64_t sn, int64_t s
                 if (gate) {  // gated copy of the block (row-major), then transposed
                     alignas(64) T tmp[kMaxTile * BC];
                     const T* g = gate + n0 * sn;
-                    for (int64_t j = 0; j < nb; ++j)
-                        for (int64_t c = c0; c < c1; ++c)
-                            tmp[j * BC + (c - c0)] = g[j * sn + c * sc] > T(0) ? src[j * sn + c * sc] : T(0);
+                    if (sc == 1) {  // contiguous rows: a vectorized select
+                        for (int64_t j = 0; j < nb; ++j) {
+                            const T* gr = g + j * sn + c0;
+                            const T* sr = src + j * sn + c0;
+                            T* tr = tmp + j * BC;
+                            for (int64_t c = 0; c < c1 - c0; ++c) tr[c] = gr[c] > T(0) ? sr[c] : T(0);
+                        }
+                    } else {
+                        for (int64_t j = 0; j < nb; ++j)
+                            for (int64_t c = c0; c < c1; ++c)
+                                tmp[j * BC + (c - c0)] = g[j * sn + c * sc] > T(0) ? src[j * sn + c * sc] : T(0);
+                    }
                     transpose_block<T>(tmp, BC, dst + c0 * w, w, nb, c1 - c0);
                 } else if (sc == 1 && sn != 1) {
                     transpose_block<T>(src + c0, sn, dst + c0 * w, w, nb, c1 - c0);
