@@ -45,6 +45,15 @@ def dense_mlp(sizes) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def initialised_mlp(sizes, init: dict[str, torch.Tensor]) -> nn.Sequential:
+    """A dense MLP of ``sizes`` holding the values of ``init`` (hidden weights zero off the mask)."""
+    model = dense_mlp(sizes)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            param.copy_(init[name])
+    return model
+
+
 def make_init(sizes, sparsity: float, seed: int) -> dict[str, torch.Tensor]:
     """Masks (exact count per hidden layer) and initial values shared by every system.
 
@@ -132,10 +141,7 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
         import warnings
 
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        model = dense_mlp(sizes)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                param.copy_(init[name])
+        model = initialised_mlp(sizes, init)
         for name in names:
             index = int(name.split(".")[0])
             model[index] = PlainCSRLinear(
@@ -148,10 +154,7 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
         import sparselab
         from sparselab import layout
 
-        model = dense_mlp(sizes)
-        with torch.no_grad():
-            for name, param in model.named_parameters():
-                param.copy_(init[name])
+        model = initialised_mlp(sizes, init)
         for name in names:
             index = int(name.split(".")[0])
             dense = model[index]
@@ -177,10 +180,7 @@ def build_system(system: str, sizes, init: dict[str, torch.Tensor], total_steps:
 
     from sparsenets import DynamicSparsity
 
-    model = dense_mlp(sizes)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            param.copy_(init[name])
+    model = initialised_mlp(sizes, init)
     optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM)
     masks = {n: init[n.replace("weight", "mask")] for n in names}
     density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
