@@ -358,3 +358,25 @@ def test_gguf_paths_are_checked_and_keyed_by_content(tmp_path):
     a.write_bytes(b"GGUF" + bytes(100))
     b.write_bytes(b"GGUF" + bytes(99) + b"\x01")
     assert file_digest(a) != file_digest(b) and file_digest(a) == file_digest(a)
+
+
+def test_calib_dtype_is_resolved_and_recorded(capsys, tmp_path, model_dir, monkeypatch):
+    from sparsenets.llm import models
+
+    assert models.resolve_calib_dtype("bfloat16", torch.float32) == torch.bfloat16
+    assert models.resolve_calib_dtype("float32", torch.float32) is None  # the weights' own
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2"})
+    assert models.resolve_calib_dtype("auto", torch.float32) is None
+    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "amx_bf16"})
+    assert models.resolve_calib_dtype("auto", torch.float32) == torch.bfloat16
+    assert models.resolve_calib_dtype("auto", torch.bfloat16) is None
+    assert models.resolve_calib_dtype("auto", torch.float32, "cuda") is None
+    directory, text = model_dir
+    out = tmp_path / "bf16calib"
+    code, _, err = cli(capsys, *prune_args(directory, text, out, "--method", "sparsegpt", "--calib-dtype", "bfloat16"))
+    assert code == 0, err
+    info = json.loads((out / "sparsity.json").read_text())
+    assert info["dtype"] == "float32" and info["calib_dtype"] == "bfloat16"
+    assert all(v == 0.5 for v in info["layers"].values())
+    code, _, err = cli(capsys, *prune_args(directory, text, tmp_path / "x", "--calib-dtype", "int8"))
+    assert code != 0 and "dtype must be one of auto, float32, bfloat16, float16, got 'int8'" in err

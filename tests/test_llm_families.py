@@ -243,3 +243,23 @@ def test_low_memory_mode_gives_the_same_masks_and_weights(model_type, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(reloaded(input_ids=ids).logits, in_memory(input_ids=ids).logits)
     assert len(list(out.glob("block-*.safetensors"))) == 4 and (out / "model.safetensors.index.json").is_file()
+
+
+@pytest.mark.parametrize("model_type", ["llama", "qwen2", "gpt2", "gemma3_text"])
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt"])
+def test_bfloat16_calibration_forwards_prune_the_float32_weights(model_type, method):
+    """Calibration forwards in bf16 (a bf16 copy of each block, bf16 rotary tables and masks):
+    the float32 weights are pruned with exact counts, and the masks stay close to float32's."""
+    calibration = tokens(4, 12, seed=10)
+    fp32, bf16 = tiny(model_type), tiny(model_type)
+    prune(fp32, calibration, method=method, sparsity=0.5, batch_size=2, progress=False)
+    prune(bf16, calibration, method=method, sparsity=0.5, batch_size=2, progress=False, calib_dtype=torch.bfloat16)
+    adapter = get_adapter(bf16)
+    reference = adapter.prunable_linears(fp32)
+    disagree = []
+    for name, layer in adapter.prunable_linears(bf16).items():
+        weight = weight_matrix(layer)
+        assert weight.dtype == torch.float32, name
+        assert ((weight != 0).sum(1) == weight.shape[1] - weight.shape[1] // 2).all(), name
+        disagree.append(float(((weight == 0) != (weight_matrix(reference[name]) == 0)).float().mean()))
+    assert 0 < sum(disagree) / len(disagree) < 0.1  # bf16 statistics move some near-ties, no more

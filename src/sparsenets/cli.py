@@ -158,6 +158,9 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--dtype", default="auto",
                        help="weights while pruning and when saved: auto (default: the checkpoint's own), "
                             "float32, bfloat16, float16")
+    prune.add_argument("--calib-dtype", default="auto",
+                       help="dtype of the calibration forwards: auto (default: bfloat16 on CPUs with bf16 matrix "
+                            "units (AMX) for float32 weights, else the weights' own), float32, bfloat16, float16")
     prune.add_argument("--low-memory", action="store_true",
                        help="keep one decoder block in memory at a time (read from the checkpoint's safetensors, "
                             "written out as it is pruned): same masks, for models larger than RAM")
@@ -367,6 +370,7 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         targets=args.targets,
         ignore=args.ignore,
         dtype=args.dtype,
+        calib_dtype=args.calib_dtype,
         low_memory=args.low_memory,
         calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed, args.bos),
         evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows, args.bos) if args.eval else None,

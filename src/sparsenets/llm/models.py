@@ -179,6 +179,39 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+#: CPU flags whose bf16 matrix units make bfloat16 calibration forwards the default.
+BF16_MATRIX_FLAGS = ("amx_bf16",)
+
+
+def resolve_calib_dtype(calib_dtype: str | torch.dtype | None, weights: torch.dtype,
+                        device: str | torch.device = "cpu") -> torch.dtype | None:
+    """The dtype of the calibration forwards (``None``: the weights' own).
+
+    ``"auto"``: bfloat16 on a CPU with bf16 matrix units (:data:`BF16_MATRIX_FLAGS`, AMX) when the
+    weights are float32, else the weights' own dtype; ``"float32"`` / ``"bfloat16"`` /
+    ``"float16"`` force it.
+    """
+    if calib_dtype is None or calib_dtype == "auto":
+        on_cpu = torch.device(device).type == "cpu"
+        if on_cpu and weights == torch.float32 and cpu_flags() & set(BF16_MATRIX_FLAGS):
+            return torch.bfloat16
+        return None
+    chosen = resolve_dtype(calib_dtype)
+    return None if chosen == weights else chosen
+
+
 def checkpoint_dtype(directory: str | Path) -> torch.dtype:
     """The dtype a HF model directory was saved in (``dtype`` / ``torch_dtype`` of its
     ``config.json``; float32 when it records none)."""

@@ -47,6 +47,7 @@ from .models import (
     load_causal_lm,
     load_tokenizer,
     progress_bars,
+    resolve_calib_dtype,
     resolve_dtype,
     resolve_model_dir,
 )
@@ -185,6 +186,7 @@ def prune_pretrained(
     targets: str | list[str] | None = None,
     ignore: str | list[str] | None = None,
     dtype: str | torch.dtype = "auto",
+    calib_dtype: str | torch.dtype = "auto",
     low_memory: bool = False,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
@@ -202,6 +204,9 @@ def prune_pretrained(
         dtype: the weights' dtype while pruning and in ``out``: ``"auto"`` (default: the
             checkpoint's own, so a bfloat16 model is saved in bfloat16), ``"float32"``,
             ``"bfloat16"``, ``"float16"`` or a torch dtype. Statistics accumulate in float32+.
+        calib_dtype: dtype of the calibration forwards: ``"auto"`` (default: bfloat16 on CPUs
+            with bf16 matrix units when the weights are float32, else the weights' own; see
+            :func:`.models.resolve_calib_dtype`), ``"float32"``, ``"bfloat16"``, ``"float16"``.
         low_memory: keep one decoder block in memory at a time, read from the checkpoint's
             safetensors and written to ``out`` as it is pruned (:mod:`.lowmem`): same masks,
             a fraction of the memory; ``out`` then holds one safetensors shard per block.
@@ -221,6 +226,8 @@ def prune_pretrained(
     get_method(method)
     check_allocation(allocation, parsed)
     resolve_dtype(dtype)
+    if calib_dtype != "auto":
+        resolve_dtype(calib_dtype)
     calibration = calibration or make_calibration()
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
@@ -237,11 +244,13 @@ def prune_pretrained(
         streamer = lowmem.BlockStreamer(checkpoint, get_adapter(model), torch_dtype, device, staging)
     else:
         model = load_causal_lm(model_name, dtype=dtype, device=device, progress=progress)
+    weights_dtype = streamer.dtype if streamer is not None else next(model.parameters()).dtype
+    forward_dtype = resolve_calib_dtype(calib_dtype, weights_dtype, device)
     try:
         start = time.perf_counter()
         result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
                        owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
-                       progress=progress, loader=streamer)
+                       progress=progress, loader=streamer, calib_dtype=forward_dtype)
         seconds = time.perf_counter() - start
         log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
         record: dict[str, Any] = {
@@ -258,7 +267,8 @@ def prune_pretrained(
                             if calib is not None else None),
             "prune_seconds": seconds,
             "device": str(device),
-            "dtype": str(streamer.dtype if streamer else next(model.parameters()).dtype).removeprefix("torch."),
+            "dtype": str(weights_dtype).removeprefix("torch."),
+            "calib_dtype": str(forward_dtype or weights_dtype).removeprefix("torch."),
             "memory": "block" if low_memory else "full",
         }
         if windows is not None:

@@ -143,6 +143,7 @@ def prune(
     ignore: str | list[str] | None = None,
     progress: bool = True,
     loader: BlockLoader | None = None,
+    calib_dtype: torch.dtype | None = None,
 ) -> PruneResult:
     r"""Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
 
@@ -171,6 +172,8 @@ def prune(
         progress: show progress bars.
         loader: blocks not in memory are loaded and released one at a time through it
             (:class:`.lowmem.BlockStreamer`, ``--low-memory``); its ``device`` holds the masks.
+        calib_dtype: dtype of the calibration forwards (e.g. ``torch.bfloat16``; see
+            :func:`.calibrate.sequential_calibration`); the weights are pruned in their own.
 
     Returns:
         A :class:`PruneResult`: ``.masks`` (keep masks keyed ``<Linear name>.weight``),
@@ -216,6 +219,7 @@ def prune(
         adapter=adapter,
         progress=progress,
         loader=loader,
+        calib_dtype=calib_dtype,
     )
     masks.reset_ever_active()
     return PruneResult(masks, measured, parsed, block_targets)
