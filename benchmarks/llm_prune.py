@@ -44,12 +44,17 @@ PEER_SETTINGS = {"0.5", "2:4"}
 
 def configurations(peer: bool) -> list[dict]:
     """The benchmark's runs, in execution order (peer runs right after ours at the same setting)."""
-    runs = [{"id": "dense", "system": "dense", "method": "dense", "setting": "-"}]
+    runs = [{"id": "dense", "system": "dense", "method": "dense", "setting": "-"},
+            {"id": "dense-other-bos", "system": "dense (other BOS convention)", "method": "dense", "setting": "-",
+             "other_bos": True}]
     for setting, sparsity, structure in SETTINGS:
         for method in ("magnitude", "wanda", "sparsegpt"):
             base = {"method": method, "setting": setting, "sparsity": sparsity, "structure": structure}
             runs.append({"id": f"{method}-{setting}", "system": "sparsenets", "allocation": "uniform", **base,
                          "save_masks": (method, setting) == ("sparsegpt", "0.5")})
+            if method != "magnitude" and setting == "0.5":  # calibration forwards in bfloat16
+                runs.append({"id": f"{method}-{setting}-bf16calib", "system": "sparsenets (bf16 calibration)",
+                             "allocation": "uniform", "calib_dtype": "bfloat16", **base})
             if (method, setting) == ("sparsegpt", "0.5"):  # the low-memory mode, right after the in-memory run
                 runs.append({"id": "sparsegpt-0.5-lowmem", "system": "sparsenets (one block in memory)",
                              "allocation": "uniform", "memory": "block", **base})
@@ -76,7 +81,7 @@ def run_ours(run: dict, args: argparse.Namespace) -> dict:
     from sparsenets.llm import load_causal_lm, perplexity, prune
     from sparsenets.llm.export import layer_sparsity
 
-    calib, windows = load_data(args)
+    calib, windows = load_data(args, other_bos=run.get("other_bos", False))
     if run.get("memory") == "block":
         return run_low_memory(run, args, calib, windows)
     model = load_causal_lm(args.model)
@@ -85,7 +90,8 @@ def run_ours(run: dict, args: argparse.Namespace) -> dict:
     if run["method"] != "dense":
         start = time.perf_counter()
         pruned = prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
-                       allocation=run["allocation"], batch_size=args.batch_size, progress=False)
+                       allocation=run["allocation"], batch_size=args.batch_size, progress=False,
+                       calib_dtype=torch.bfloat16 if run.get("calib_dtype") == "bfloat16" else None)
         result["prune_seconds"] = time.perf_counter() - start
         if run.get("save_masks"):
             from sparsenets.io import save_tensors
@@ -150,11 +156,11 @@ def evaluate_peer(run: dict, args: argparse.Namespace, weights: Path) -> dict:
     }
 
 
-def load_data(args: argparse.Namespace):
+def load_data(args: argparse.Namespace, other_bos: bool = False):
     from sparsenets.io import load_tensors
 
     data = load_tensors(Path(args.work) / "data.safetensors")
-    return data["calibration"], data["windows"]
+    return data["calibration"], data["windows_other_bos" if other_bos else "windows"]
 
 
 def child(args: argparse.Namespace) -> None:
@@ -170,12 +176,16 @@ def prepare_data(args: argparse.Namespace) -> None:
     """Calibration ids and evaluation windows, written once so every process uses the same tokens."""
     from sparsenets.io import save_tensors
     from sparsenets.llm import calibration_batches, eval_windows, load_tokenizer, resolve_model_dir
+    from sparsenets.llm.data import bos_token
 
     resolve_model_dir(args.model)  # convert the bundled model once, before any timing
     tok = load_tokenizer(args.model)
-    calib = calibration_batches(tok, args.calib_samples, args.seq_len, args.seed)
-    windows = eval_windows(tok, args.seq_len, args.eval_windows)
-    save_tensors(Path(args.work) / "data.safetensors", {"calibration": calib, "windows": windows})
+    calib = calibration_batches(tok, args.calib_samples, args.seq_len, args.seed, bos=args.bos)
+    windows = eval_windows(tok, args.seq_len, args.eval_windows, bos=args.bos)
+    flipped = {"auto": True, True: False, False: True}[args.bos]  # the other BOS convention, for dense only
+    other = eval_windows(tok, args.seq_len, args.eval_windows, bos=flipped if bos_token(tok) is None else False)
+    save_tensors(Path(args.work) / "data.safetensors", {"calibration": calib, "windows": windows,
+                                                        "windows_other_bos": other})
 
 
 def ensure_peer() -> str | None:
@@ -230,6 +240,19 @@ def run_one(run: dict, args: argparse.Namespace, peer_python: str | None) -> dic
     weights.unlink()
     return {**run, "prune_seconds": peer["seconds"], "peak_rss_mb": peer["peak_rss_mb"],
             "peer_version": peer["version"], **json.loads(result_path.read_text())}
+
+
+def bf16_calibration(rows: list[dict]) -> list[dict]:
+    """bfloat16 calibration forwards against float32 ones, same method and setting."""
+    by_id = {r["id"]: r for r in rows}
+    out = []
+    for method in ("wanda", "sparsegpt"):
+        fp32, bf16 = by_id.get(f"{method}-0.5"), by_id.get(f"{method}-0.5-bf16calib")
+        if fp32 and bf16:
+            out.append({"method": method, "seconds_fp32": fp32["prune_seconds"], "seconds_bf16": bf16["prune_seconds"],
+                        "speedup": fp32["prune_seconds"] / bf16["prune_seconds"],
+                        "perplexity_fp32": fp32["perplexity"], "perplexity_bf16": bf16["perplexity"]})
+    return out
 
 
 def memory_modes(rows: list[dict], work: Path) -> dict | None:
@@ -295,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--bos", default="auto", choices=("auto", "on", "off"),
+                        help="BOS convention of every window (default: the tokenizer's own)")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--eval-batch-size", type=int, default=4)
     parser.add_argument("--only", nargs="+", help="run ids to run (e.g. dense wanda-0.5 llmcompressor-wanda-0.5)")
@@ -308,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--result", help=argparse.SUPPRESS)
     parser.add_argument("--weights", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    args.bos = {"auto": "auto", "on": True, "off": False}[args.bos]
     if args.child:
         child(args)
         return 0
@@ -339,6 +365,11 @@ def main(argv: list[str] | None = None) -> int:
     for c in cmp:
         print(f"vs llm-compressor {c['method']:9s} {c['setting']:4s}: perplexity ratio {c['perplexity_ratio']:.4f}, "
               f"speedup {c['speedup']:.2f}x, RSS {c['rss_ours_mb']:.0f} vs {c['rss_peer_mb']:.0f} MB")
+    bf16 = bf16_calibration(rows)
+    for c in bf16:
+        print(f"bf16 calibration forwards, {c['method']} 50%: {c['speedup']:.2f}x faster "
+              f"({c['seconds_bf16']:.1f} vs {c['seconds_fp32']:.1f} s), perplexity {c['perplexity_bf16']:.2f} vs "
+              f"{c['perplexity_fp32']:.2f} ({100 * (c['perplexity_bf16'] / c['perplexity_fp32'] - 1):+.2f}%)")
     modes = memory_modes(rows, Path(args.work))
     if modes:
         print(f"one block in memory vs whole model (sparsegpt 50%): same masks {modes['same_masks']}, "
@@ -360,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         "runs": rows,
         "versus_llm_compressor": cmp,
         "memory_modes": modes,
+        "bf16_calibration": bf16,
     })
     print(f"\nwrote {args.json}")
     return 0
