@@ -78,3 +78,23 @@ def test_smollm2_prune_llm_cli_saves_a_model_plain_transformers_loads(tmp_path, 
     assert main(["eval-ppl", "--model", str(out), "--windows", "4", "--json", *common]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["perplexity"] == pytest.approx(info["perplexity"]["value"], rel=1e-5)
+
+
+def test_a_gguf_file_path_loads_like_the_known_name(tmp_path, monkeypatch):
+    """``--model FILE.gguf``: converted once into the cache under the file's hash, then the same
+    model as the known name."""
+    reason = _skip_reason()
+    if reason:
+        pytest.skip(reason)
+    from sparsenets.llm import load_causal_lm, resolve_model_dir
+    from sparsenets.llm.models import _gguf_path, file_digest
+
+    monkeypatch.setenv("SPARSENETS_CACHE", str(tmp_path))
+    gguf = _gguf_path("smollm2-135m")
+    directory = resolve_model_dir(gguf)
+    assert directory.name.endswith(file_digest(gguf)[:16]) and (directory / "config.json").is_file()
+    assert resolve_model_dir(gguf) == directory  # cached: no second conversion
+    model = load_causal_lm(gguf, progress=False)
+    ids = torch.randint(0, 1000, (1, 8))
+    with torch.no_grad():
+        assert model(input_ids=ids).logits.shape == (1, 8, model.config.vocab_size)
