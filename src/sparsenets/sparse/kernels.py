@@ -278,10 +278,11 @@ def _calibrated(lib: _Library) -> Plan:
     return chosen
 
 
-def calibrate(lib: _Library, *, repeats: int = 7, margin: float = 0.03) -> Plan:
+def calibrate(lib: _Library, *, repeats: int = 11, margin: float = 0.1) -> Plan:
     """Time spmm and sddmm in both vector widths on a random 2048 × 2048 layer at 95% sparsity,
-    batch 128, interleaved; a kernel takes 64 bytes only when that is ``margin`` faster than 32
-    (the narrower width pads the batch less). About half a second."""
+    batch 128, interleaved, the fastest of ``repeats`` each; a kernel takes 64 bytes only when
+    that is ``margin`` faster than 32 (the narrower width pads the batch less, and a near tie
+    must not flip with the machine's noise). About a second."""
     gen = torch.Generator().manual_seed(0)
     rows = cols = 2048
     per_row = cols // 20
