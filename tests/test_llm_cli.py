@@ -367,8 +367,9 @@ def test_calib_dtype_is_resolved_and_recorded(capsys, tmp_path, model_dir, monke
     assert models.resolve_calib_dtype("float32", torch.float32) is None  # the weights' own
     monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2"})
     assert models.resolve_calib_dtype("auto", torch.float32) is None
-    monkeypatch.setattr(models, "cpu_flags", lambda: {"avx2", "amx_bf16"})
-    assert models.resolve_calib_dtype("auto", torch.float32) == torch.bfloat16
+    for flags in ({"avx2", "amx_bf16"}, {"avx2", "avx512f", "avx512_bf16"}):
+        monkeypatch.setattr(models, "cpu_flags", lambda flags=flags: flags)
+        assert models.resolve_calib_dtype("auto", torch.float32) == torch.bfloat16
     assert models.resolve_calib_dtype("auto", torch.bfloat16) is None
     assert models.resolve_calib_dtype("auto", torch.float32, "cuda") is None
     directory, text = model_dir

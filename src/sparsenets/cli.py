@@ -159,8 +159,9 @@ def _add_llm_commands(sub) -> None:
                        help="weights while pruning and when saved: auto (default: the checkpoint's own), "
                             "float32, bfloat16, float16")
     prune.add_argument("--calib-dtype", default="auto",
-                       help="dtype of the calibration forwards: auto (default: bfloat16 on CPUs with bf16 matrix "
-                            "units (AMX) for float32 weights, else the weights' own), float32, bfloat16, float16")
+                       help="dtype of the calibration forwards: auto (default: bfloat16 on CPUs with bf16 units "
+                            "(AMX or AVX-512 BF16) for float32 weights, else the weights' own), float32, bfloat16, "
+                            "float16")
     prune.add_argument("--low-memory", action="store_true",
                        help="keep one decoder block in memory at a time (read from the checkpoint's safetensors, "
                             "written out as it is pruned): same masks, for models larger than RAM")

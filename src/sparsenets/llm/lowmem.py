@@ -17,6 +17,7 @@ masks are the same as in memory: the same blocks see the same inputs (tested).
 
 from __future__ import annotations
 
+import ctypes
 import json
 import shutil
 import tempfile
@@ -103,6 +104,15 @@ def build_skeleton(directory: str | Path, dtype: torch.dtype, device: str | torc
     return model.eval(), checkpoint
 
 
+def _release_free_heap() -> None:
+    """Hand freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere), so that
+    the blocks released one after another do not pile up as free-but-resident memory."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 class BlockStreamer:
     """Loads decoder blocks from a checkpoint one at a time and writes them out when released.
 
@@ -143,7 +153,9 @@ class BlockStreamer:
             for name, tensor in tensors.items():
                 self.shards[name] = shard
                 self.written[name] = (tensor.numel(), int((tensor == 0).sum()))
+            del tensors
         block.to("meta")
+        _release_free_heap()
 
 
 def run_blocks(model: nn.Module, adapter: DecoderAdapter, batches: list[BlockInputs], load: Any) -> list[BlockInputs]:

@@ -191,16 +191,19 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-#: CPU flags whose bf16 matrix units make bfloat16 calibration forwards the default.
-BF16_MATRIX_FLAGS = ("amx_bf16",)
+#: CPU flags whose bf16 units make bfloat16 calibration forwards the default: AMX tiles, and
+#: AVX-512 BF16 dot products (measured on a 2-core AMD EPYC Zen 4 with avx512_bf16, SmolLM2 at
+#: 50%: Wanda 1.37x and SparseGPT 1.42x faster, perplexity -0.8% and +0.2%). Without them a
+#: bf16 matmul is emulated and slower than float32.
+BF16_MATRIX_FLAGS = ("amx_bf16", "avx512_bf16")
 
 
 def resolve_calib_dtype(calib_dtype: str | torch.dtype | None, weights: torch.dtype,
                         device: str | torch.device = "cpu") -> torch.dtype | None:
     """The dtype of the calibration forwards (``None``: the weights' own).
 
-    ``"auto"``: bfloat16 on a CPU with bf16 matrix units (:data:`BF16_MATRIX_FLAGS`, AMX) when the
-    weights are float32, else the weights' own dtype; ``"float32"`` / ``"bfloat16"`` /
+    ``"auto"``: bfloat16 on a CPU with bf16 units (:data:`BF16_MATRIX_FLAGS`: AMX or AVX-512 BF16)
+    when the weights are float32, else the weights' own dtype; ``"float32"`` / ``"bfloat16"`` /
     ``"float16"`` force it.
     """
     if calib_dtype is None or calib_dtype == "auto":

@@ -205,7 +205,7 @@ def prune_pretrained(
             checkpoint's own, so a bfloat16 model is saved in bfloat16), ``"float32"``,
             ``"bfloat16"``, ``"float16"`` or a torch dtype. Statistics accumulate in float32+.
         calib_dtype: dtype of the calibration forwards: ``"auto"`` (default: bfloat16 on CPUs
-            with bf16 matrix units when the weights are float32, else the weights' own; see
+            with bf16 units (AMX, AVX-512 BF16) when the weights are float32, else the weights' own; see
             :func:`.models.resolve_calib_dtype`), ``"float32"``, ``"bfloat16"``, ``"float16"``.
         low_memory: keep one decoder block in memory at a time, read from the checkpoint's
             safetensors and written to ``out`` as it is pruned (:mod:`.lowmem`): same masks,
