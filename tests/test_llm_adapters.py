@@ -283,3 +283,19 @@ def test_wanda_on_mixed_layer_types_equals_a_sequential_full_forward_reference()
                                          adapter.prunable_linears(reference).items(), strict=True):
         disagree = float(((ours.weight == 0) != (theirs.weight == 0)).float().mean())
         assert disagree == 0.0, f"{name}: masks differ on {disagree:.1%} of the weights"
+
+
+def test_evaluation_batch_shrinks_for_large_vocabularies(monkeypatch):
+    import importlib
+
+    ppl_module = importlib.import_module("sparsenets.llm.perplexity")  # the module (the package exports the function)
+
+    model = tiny_model("llama")
+    assert ppl_module.logits_batch(model, 512, 4) == 4  # 96 tokens: no need
+    model.config.vocab_size = 262_144
+    assert ppl_module.logits_batch(model, 512, 4) == 1  # 4 x 512 x 262k x 4 B would be 2 GiB
+    model.config.vocab_size = VOCAB
+    windows = tokens(5, 12, seed=2)
+    monkeypatch.setattr(ppl_module, "LOGITS_BUDGET_BYTES", 12 * VOCAB * 4 * 2)  # two windows a forward
+    assert ppl_module.logits_batch(model, 12, 4) == 2
+    assert perplexity(model, windows, 4, progress=False) == pytest.approx(perplexity(model, windows, 1, progress=False))

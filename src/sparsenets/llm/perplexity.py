@@ -11,6 +11,19 @@ from tqdm.auto import tqdm
 
 from ..errors import SparsenetsError
 
+#: Largest float32 logits tensor one evaluation forward may produce (windows x T x vocab x 4 B).
+LOGITS_BUDGET_BYTES = 512 << 20
+
+
+def logits_batch(model: nn.Module, seq_len: int, batch_size: int) -> int:
+    """``batch_size``, lowered so that one forward's logits stay within :data:`LOGITS_BUDGET_BYTES`
+    (a 262k-token vocabulary makes 4 windows of 512 tokens 2 GiB of logits, and the loss as much
+    again); at least 1."""
+    vocab = int(getattr(getattr(model, "config", None), "vocab_size", 0) or 0)
+    if vocab <= 0:
+        return batch_size
+    return max(1, min(batch_size, LOGITS_BUDGET_BYTES // max(1, seq_len * vocab * 4)))
+
 
 @torch.no_grad()
 def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, *, progress: bool = True) -> float:
@@ -23,13 +36,15 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, *, 
     Args:
         model: causal LM whose ``model(input_ids=...)`` returns ``.logits`` (B, T, vocab).
         windows: (n_windows, T) int64 token ids, T >= 2 (e.g. :func:`.data.eval_windows`).
-        batch_size: windows per forward call.
+        batch_size: windows per forward call (lowered by :func:`logits_batch` for large
+            vocabularies: the result does not depend on it).
         progress: show a tqdm bar.
     """
     if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
         shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
         raise SparsenetsError(f"windows must be a (n_windows, T >= 2) tensor of token ids, got {shape}")
     device = next(model.parameters()).device
+    batch_size = logits_batch(model, windows.shape[1], batch_size)
     total_nll, total_tokens = 0.0, 0
     for chunk in tqdm(windows.long().split(batch_size), desc="perplexity", disable=not progress):
         chunk = chunk.to(device)
