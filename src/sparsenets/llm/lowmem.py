@@ -179,11 +179,13 @@ def staged_perplexity(model: nn.Module, streamer: BlockStreamer, windows: torch.
     """
     import math
 
-    import torch.nn.functional as F
     from safetensors.torch import load_file
 
+    from .perplexity import check_windows, logits_batch, next_token_nll
+
+    check_windows(windows)
     adapter = streamer.adapter
-    chunks = list(windows.long().split(batch_size))
+    chunks = list(windows.long().split(logits_batch(model, windows.shape[1], batch_size)))
     batches = [adapter.capture_inputs(model, c.to(streamer.device), passthrough=True) for c in chunks]
 
     def load(index: int, block: nn.Module) -> None:
@@ -202,14 +204,13 @@ def staged_perplexity(model: nn.Module, streamer: BlockStreamer, windows: torch.
                              else passthrough)
         try:
             with torch.no_grad():
-                logits = model(input_ids=chunk.to(streamer.device), use_cache=False).logits[:, :-1]
+                logits = model(input_ids=chunk.to(streamer.device), use_cache=False).logits
         finally:
             for block in blocks:
                 del block.forward
-        targets = chunk[:, 1:].to(logits.device)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += targets.numel()
+        nll, count = next_token_nll(logits, chunk)
+        total_nll += nll
+        total_tokens += count
     return math.exp(total_nll / total_tokens)
 
 

@@ -40,17 +40,29 @@ def perplexity(model: nn.Module, windows: torch.Tensor, batch_size: int = 4, *, 
             vocabularies: the result does not depend on it).
         progress: show a tqdm bar.
     """
-    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
-        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
-        raise SparsenetsError(f"windows must be a (n_windows, T >= 2) tensor of token ids, got {shape}")
+    check_windows(windows)
     device = next(model.parameters()).device
     batch_size = logits_batch(model, windows.shape[1], batch_size)
     total_nll, total_tokens = 0.0, 0
     for chunk in tqdm(windows.long().split(batch_size), desc="perplexity", disable=not progress):
         chunk = chunk.to(device)
-        logits = model(input_ids=chunk, use_cache=False).logits[:, :-1]  # (B, T-1, vocab)
-        targets = chunk[:, 1:]  # (B, T-1)
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += targets.numel()
+        nll, count = next_token_nll(model(input_ids=chunk, use_cache=False).logits, chunk)
+        total_nll += nll
+        total_tokens += count
     return math.exp(total_nll / total_tokens)
+
+
+def check_windows(windows: torch.Tensor) -> None:
+    """One-line error unless ``windows`` is a non-empty (n_windows, T >= 2) tensor."""
+    if not isinstance(windows, torch.Tensor) or windows.dim() != 2 or windows.shape[1] < 2 or windows.shape[0] == 0:
+        shape = tuple(windows.shape) if isinstance(windows, torch.Tensor) else type(windows).__name__
+        raise SparsenetsError(f"windows must be a (n_windows, T >= 2) tensor of token ids, got {shape}")
+
+
+def next_token_nll(logits: torch.Tensor, chunk: torch.Tensor) -> tuple[float, int]:
+    """Summed NLL of tokens 1..T-1 of ``chunk (B, T)`` under ``logits (B, T, vocab)`` (position t
+    predicts token t+1), in float32, and the number of predictions."""
+    logits = logits[:, :-1]
+    targets = chunk[:, 1:].to(logits.device)
+    nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), targets.reshape(-1), reduction="sum")
+    return float(nll), targets.numel()

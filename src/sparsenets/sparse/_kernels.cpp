@@ -44,9 +44,6 @@ namespace {
 // the pool costs more than it saves.
 constexpr int64_t kParallelWork = 1 << 15;
 constexpr int64_t kMaxTile = 256;  // widest panel, in batch columns
-#ifndef SN_GROUP_BYTES
-#define SN_GROUP_BYTES 128
-#endif
 
 template <typename T, int W>
 struct Vec {
@@ -276,7 +273,7 @@ inline int64_t clamp_panel(int64_t t) {
 template <typename T, int W, typename I, bool P>
 void spmm(int64_t R, const I* crow, const I* col, const T* vals, const int64_t* perm, const T* bias,
           const T* xp, int64_t C, int64_t ld, int64_t tile, int64_t N, T* Y, int64_t ys, bool relu, int nt) {
-    constexpr int G = SN_GROUP_BYTES / sizeof(T);  // output rows per task: bytes of each Y row
+    constexpr int G = 128 / sizeof(T);  // output rows per task: 128 bytes of each Y row
     const Panels pan{C, ld, clamp_panel<T, W>(tile)};
     const int64_t ngroups = (R + G - 1) / G, npanels = N > 0 ? pan.count() : 0;
     const int64_t ntasks = ngroups * npanels;
