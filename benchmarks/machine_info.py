@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import platform
-from pathlib import Path
+
+from sparsenets.cpu import cpu_flags as _all_flags
+from sparsenets.cpu import cpuinfo_field
 
 # The CPU features the kernels and the ratios against dense BLAS depend on.
 VECTOR_FLAGS = (
@@ -13,25 +15,14 @@ VECTOR_FLAGS = (
 )
 
 
-def _cpuinfo_field(*names: str) -> str | None:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key = line.split(":", 1)[0].strip()
-            if key in names:
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return None
-
-
 def cpu_model() -> str:
     """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows."""
-    return _cpuinfo_field("model name") or platform.processor() or platform.machine()
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def cpu_flags() -> list[str]:
     """Which of :data:`VECTOR_FLAGS` the CPU reports."""
-    flags = set((_cpuinfo_field("flags", "Features") or "").split())
+    flags = _all_flags()
     return [flag for flag in VECTOR_FLAGS if flag in flags]
 
 
@@ -39,7 +30,7 @@ def cpu_kind() -> str:
     """A short name of the CPU kind results are stated per: vendor and widest vector unit,
     e.g. ``"AMD, AVX-512"`` or ``"Intel, AVX-512 + AMX"``."""
     vendor = {"AuthenticAMD": "AMD", "GenuineIntel": "Intel"}.get(
-        _cpuinfo_field("vendor_id") or "", platform.machine()
+        cpuinfo_field("vendor_id") or "", platform.machine()
     )
     flags = set(cpu_flags())
     if "avx512f" in flags:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ..cpu import cpu_flags
 from ..errors import SparsenetsError, first_line
 from ..io import read_json
 
@@ -177,18 +178,6 @@ def resolve_model_dir(name_or_path: str | Path) -> Path:
 
 #: ``--dtype`` choices: ``auto`` is the checkpoint's own dtype.
 DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (``/proc/cpuinfo``; empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return set()
 
 
 #: CPU flags whose bf16 units make bfloat16 calibration forwards the default: AMX tiles, and
