@@ -97,6 +97,20 @@ def test_select_global_group_counts_over_all_layers(sizes, k, seed, coarse):
         assert kept.min() >= dropped.max()
 
 
+@settings(max_examples=80, deadline=None)
+@given(rows=st.integers(1, 6), cols=st.integers(1, 30), k=st.integers(0, 30), seed=st.integers(0, 99),
+       coarse=st.booleans(), special=st.sampled_from([None, float("inf"), float("-inf"), float("nan")]))
+def test_row_group_without_generator_equals_a_stable_ascending_sort(rows, cols, k, seed, coarse, special):
+    """The k-th-value threshold used for rows prunes exactly what a stable sort would."""
+    scores = _scores((rows, cols), seed, coarse)
+    if special is not None:
+        scores[0, seed % cols] = special
+    k = min(k, cols)
+    expected = torch.ones(rows, cols, dtype=torch.bool)
+    expected.scatter_(1, torch.argsort(scores, dim=1, stable=True)[:, : cols - k], False)
+    assert torch.equal(select(scores, k, group="row"), expected)
+
+
 def test_row_group_ties_pruned_by_position_and_nm_ties_kept_by_position():
     """Golden cases of the two tie rules (kept from the LLM code they came from)."""
     ones = torch.ones(1, 4)

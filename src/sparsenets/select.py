@@ -268,10 +268,24 @@ def _select_rows(scores: torch.Tensor, k: int, generator: torch.Generator | None
     """
     rows = _rows(scores).float()  # (out, in)
     n_prune = rows.shape[1] - max(0, min(int(k), rows.shape[1]))
+    if n_prune <= 0:
+        return torch.ones_like(scores, dtype=torch.bool)
+    if generator is None and not rows.isnan().any():
+        return ~_lowest_in_rows(rows, n_prune).reshape(scores.shape)
     keep = torch.ones_like(rows, dtype=torch.bool)
-    if n_prune > 0:
-        keep.scatter_(1, _ascending_order(rows, generator)[:, :n_prune], False)
+    keep.scatter_(1, _ascending_order(rows, generator)[:, :n_prune], False)
     return keep.reshape(scores.shape)
+
+
+def _lowest_in_rows(rows: torch.Tensor, n: int) -> torch.Tensor:
+    """The ``n`` lowest entries of every row of ``rows`` (out, in), ties taken in position order:
+    the same positions as the first ``n`` of a stable ascending sort, found with a k-th-value
+    threshold (about twice as fast on CPU as the sort)."""
+    threshold = rows.kthvalue(n, dim=1, keepdim=True).values  # (out, 1)
+    below = rows < threshold
+    tied = rows == threshold
+    wanted = n - below.sum(1, keepdim=True)  # ties to take from each row, earliest first
+    return below | (tied & (tied.cumsum(1) <= wanted))
 
 
 def _select_nm(scores: torch.Tensor, structure: NM, generator: torch.Generator | None) -> torch.Tensor:

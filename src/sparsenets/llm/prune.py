@@ -127,6 +127,24 @@ def block_sparsities(
     return allocations.owl(ratios, sparsity, owl_lambda)
 
 
+def same_statistic_groups(layers: dict[str, nn.Module], stats: dict[str, torch.Tensor | None]) -> list[list[str]]:
+    """Names of ``layers`` grouped by identical input statistic (equal tensors) and weight dtype
+    and device, in first-appearance order; layers without a statistic stay alone."""
+    groups: list[list[str]] = []
+    for name, layer in layers.items():
+        stat, weight = stats[name], weight_matrix(layer)
+        for group in groups:
+            first = stats[group[0]]
+            other = weight_matrix(layers[group[0]])
+            if (stat is not None and first is not None and first.shape == stat.shape and first.dtype == stat.dtype
+                    and other.dtype == weight.dtype and other.device == weight.device and torch.equal(first, stat)):
+                group.append(name)
+                break
+        else:
+            groups.append([name])
+    return groups
+
+
 @torch.no_grad()
 def prune(
     model: nn.Module,
@@ -200,14 +218,25 @@ def prune(
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         block_name = adapter.block_name(index)
-        for name, layer in adapter.linears(block, index).items():
-            weight = weight_matrix(layer)  # (out, in), a view of the parameter
-            stat = stats[name].finalize() if name in stats else None
-            keep = pruner.prune_weight(weight, stat, block_targets[block_name], parsed)  # (out, in) bool
+        layers = adapter.linears(block, index)
+        finalized = {name: stats[name].finalize() if name in stats else None for name in layers}
+        for group in same_statistic_groups(layers, finalized):
+            views = [weight_matrix(layers[name]) for name in group]  # (out_i, in), views of the parameters
+            # Layers that read the same input (q/k/v, gate/up) have identical statistics: every
+            # method here decides row by row, so their rows are pruned as one matrix (SparseGPT
+            # then factors the Hessian once and walks the columns once for all of them).
+            weight = views[0] if len(views) == 1 else torch.cat(views)
+            keep = pruner.prune_weight(weight, finalized[group[0]], block_targets[block_name], parsed)  # (out, in) bool
             weight.mul_(keep.to(weight.device, weight.dtype))
-            fqn = f"{block_name}.{name}"
-            masks.set(f"{fqn}.weight", to_parameter_layout(layer, keep))  # the parameter's own layout
-            measured[fqn] = float((weight == 0).sum()) / weight.numel()
+            start = 0
+            for name, view in zip(group, views):
+                rows = slice(start, start + view.shape[0])
+                start = rows.stop
+                if view is not weight:
+                    view.copy_(weight[rows])
+                fqn = f"{block_name}.{name}"
+                masks.set(f"{fqn}.weight", to_parameter_layout(layers[name], keep[rows]))  # the parameter's own layout
+                measured[fqn] = float((view == 0).sum()) / view.numel()
         log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, block_targets[block_name])
 
     sequential_calibration(

@@ -111,8 +111,7 @@ def sparsegpt_prune(
             if nm is not None and i % nm.m == 0:  # this group of M, scored on the updated weights
                 scores = W1[:, i:i + nm.m].pow(2) / diag[i:i + nm.m].unsqueeze(0).pow(2)  # (out, M)
                 mask1[:, i:i + nm.m] = ~select(scores, nm.n, group="row")
-            q = w.clone()
-            q[mask1[:, i]] = 0.0
+            q = w.masked_fill(mask1[:, i], 0.0)
             err = (w - q) / d
             W1[:, i:] -= err.unsqueeze(1) @ Hinv1[i, i:].unsqueeze(0)
             Q1[:, i] = q

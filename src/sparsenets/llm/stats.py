@@ -65,14 +65,18 @@ class _Accumulator:
 class InputNormStats(_Accumulator):
     """‖X_j‖₂: L2 norm of each input feature j over all calibration tokens (Wanda, Sun et al. 2023).
 
-    Sums of squares are accumulated in float64. ``finalize()`` returns a (in_features,) float32
+    Each batch's sums of squares are taken in float32 (float64 for float64 inputs; an order of
+    magnitude faster than converting the batch to float64 first) and accumulated across batches
+    in float64. ``finalize()`` returns a (in_features,) float32
     tensor of norms (not divided by the token count: Wanda compares scores within a row, where a
     common scale does not matter).
     """
 
     def batch_statistic(self, x: torch.Tensor) -> torch.Tensor:
         """(in,) float64 sums of squares of each input feature."""
-        return self._rows(x).double().pow(2).sum(0)
+        rows = self._rows(x)
+        rows = rows if rows.dtype == torch.float64 else rows.float()
+        return rows.square().sum(0).double()
 
     def finalize(self) -> torch.Tensor:
         return self._total((self.in_features,)).sqrt().float()
@@ -91,7 +95,24 @@ class GramStats(_Accumulator):
         """(in, in) float64 ``Xᵀ X`` of one batch (rows = tokens)."""
         rows = self._rows(x)
         rows = rows if rows.dtype == torch.float64 else rows.float()
-        return (rows.t() @ rows).double()
+        return symmetric_gram(rows).double()
 
     def finalize(self) -> torch.Tensor:
         return self._total((self.in_features, self.in_features))
+
+
+def symmetric_gram(rows: torch.Tensor, parts: int = 4) -> torch.Tensor:
+    """``rowsᵀ rows`` (in, in) for ``rows`` (N, in), computing only the blocks on and above the
+    diagonal (in ``parts`` column panels) and mirroring the rest: about 5/8 of the GEMM work of
+    the full product for 4 panels, and the same sums (each entry is one dot product either way)."""
+    n = rows.shape[1]
+    width = -(-n // parts)
+    if parts <= 1 or width < 64:
+        return rows.t() @ rows
+    gram = torch.empty(n, n, dtype=rows.dtype, device=rows.device)
+    for start in range(0, n, width):
+        stop = min(start + width, n)
+        panel = rows[:, start:stop].t() @ rows[:, start:]  # (stop-start, n-start): diagonal block and right of it
+        gram[start:stop, start:] = panel
+        gram[stop:, start:stop] = panel[:, stop - start:].t()
+    return gram
