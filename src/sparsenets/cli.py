@@ -165,6 +165,16 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--low-memory", action="store_true",
                        help="keep one decoder block in memory at a time (read from the checkpoint's safetensors, "
                             "written out as it is pruned): same masks, for models larger than RAM")
+    prune.add_argument("--recover", choices=("dsnot",),
+                       help="repair each layer's mask without training: dsnot (DSnoT, on the dense weights)")
+    prune.add_argument("--dsnot-cycles", type=int, default=50, help="DSnoT: swaps per row at most (default 50)")
+    prune.add_argument("--dsnot-threshold", type=float, default=0.1,
+                       help="DSnoT: a row stops at this |expected error| (default 0.1)")
+    prune.add_argument("--dsnot-skip", nargs="*", default=["mlp"], metavar="REGEX",
+                       help="DSnoT: layers (name inside the block) that keep the initial mask (default: mlp, "
+                            "as the reference; give none to process every layer)")
+    prune.add_argument("--dsnot-no-sign", action="store_true",
+                       help="DSnoT: allow swaps that flip the sign of a row's error (the reference's default)")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
@@ -356,6 +366,7 @@ def _cmd_select(args: argparse.Namespace) -> int:
 
 
 def _cmd_prune_llm(args: argparse.Namespace) -> int:
+    from .llm.dsnot import DSnoTOptions
     from .llm.pipeline import make_calibration, make_eval, prune_pretrained
     from .training import resolve_device
 
@@ -373,6 +384,9 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         calib_dtype=args.calib_dtype,
         low_memory=args.low_memory,
+        recover=args.recover,
+        dsnot=(DSnoTOptions(max_cycles=args.dsnot_cycles, threshold=args.dsnot_threshold, skip=tuple(args.dsnot_skip),
+                            same_sign=not args.dsnot_no_sign) if args.recover == "dsnot" else None),
         calibration=make_calibration(args.calib, args.calib_samples, args.seq_len, args.seed, args.bos),
         evaluation=make_eval(args.eval_text, args.seq_len, args.eval_windows, args.bos) if args.eval else None,
         batch_size=args.batch_size,
@@ -384,6 +398,9 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
     values = list(layers.values())
     print(f"pruned     {len(layers)} layers of {args.model} with {record['method']} "
           f"({record['structure']}, {record['allocation']}) in {record['prune_seconds']:.1f} s")
+    for step in record.get("recovery", []):
+        print(f"recovered  with {step['method']}: {step['swaps_total']} swaps in "
+              f"{len(step['swaps'])} layers ({len(step['skipped'])} kept their initial mask)")
     print(f"sparsity   target {record['sparsity']:.4f}, measured mean {sum(values) / len(values):.4f} "
           f"(min {min(values):.4f}, max {max(values):.4f})")
     if "perplexity" in record:

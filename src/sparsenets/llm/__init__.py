@@ -10,6 +10,10 @@ Needs the ``llm`` extra (``pip install 'sparsenets[llm]'``). Typical use::
     result.sparsity, result.masks          # {layer: measured sparsity}, MaskStore of keep masks
     print(perplexity(model, eval_windows(tok, 512)))
 
+    # Wanda at 70% with a training-free repair of the masks (DSnoT), on a fresh dense model:
+    dense = load_causal_lm("smollm2-135m")
+    result = recover(dense, calibration_batches(tok, 128, 512), initial="wanda", sparsity=0.7)
+
 Nothing is imported from transformers until a model is loaded.
 """
 
@@ -17,6 +21,7 @@ from ..select import NM, Structure, Unstructured, parse_structure
 from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
 from .data import calibration_batches, eval_windows, load_novel
+from .dsnot import DSnoTOptions, dsnot_keep_mask
 from .export import (
     layer_sparsity,
     load_pruned_masks,
@@ -35,7 +40,7 @@ from .pipeline import (
     make_eval,
     prune_pretrained,
 )
-from .prune import ALLOCATIONS, PruneResult, prune
+from .prune import ALLOCATIONS, PruneResult, prune, recover
 from .stats import GramStats, InputNormStats
 
 __all__ = [
@@ -53,6 +58,7 @@ __all__ = [
     "sparsity_summary",
     "KNOWN_MODELS",
     "METHODS",
+    "DSnoTOptions",
     "DecoderAdapter",
     "GramStats",
     "InputNormStats",
@@ -62,6 +68,7 @@ __all__ = [
     "Structure",
     "Unstructured",
     "calibration_batches",
+    "dsnot_keep_mask",
     "eval_windows",
     "get_adapter",
     "load_causal_lm",
@@ -71,6 +78,7 @@ __all__ = [
     "parse_structure",
     "perplexity",
     "prune",
+    "recover",
     "resolve_model_dir",
     "row_keep_mask",
     "sequential_calibration",

@@ -190,5 +190,5 @@ def _accumulate(seen: list[tuple[InputStats, torch.Tensor]]) -> None:
         key = (id(x), type(accumulator))
         if key not in shared:
             shared[key] = accumulator.batch_statistic(x)
-        accumulator.add(shared[key], x.numel() // x.shape[-1])
+        accumulator.add_input(shared[key], x)
 

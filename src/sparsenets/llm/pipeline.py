@@ -33,6 +33,7 @@ from .data import (
     load_novel,
     read_source,
 )
+from .dsnot import DSnoTOptions, check_recover
 from .export import (
     MASK_FILE,
     SPARSITY_FILE,
@@ -188,6 +189,8 @@ def prune_pretrained(
     dtype: str | torch.dtype = "auto",
     calib_dtype: str | torch.dtype = "auto",
     low_memory: bool = False,
+    recover: str | None = None,
+    dsnot: DSnoTOptions | None = None,
     device: str | torch.device = "cpu",
     overwrite: bool = False,
     progress: bool = True,
@@ -210,6 +213,8 @@ def prune_pretrained(
         low_memory: keep one decoder block in memory at a time, read from the checkpoint's
             safetensors and written to ``out`` as it is pruned (:mod:`.lowmem`): same masks,
             a fraction of the memory; ``out`` then holds one safetensors shard per block.
+        recover, dsnot: ``recover="dsnot"`` repairs each layer's mask with DSnoT (options in
+            ``dsnot``); see :func:`.prune.prune`. Recorded under ``recovery`` in the record.
         device: where the model runs (``cpu``, ``cuda``, …).
         overwrite: replace a non-empty ``out``.
 
@@ -225,6 +230,7 @@ def prune_pretrained(
     target, parsed = resolve_sparsity(sparsity, structure)  # validate everything before loading
     get_method(method)
     check_allocation(allocation, parsed)
+    dsnot = check_recover(recover, dsnot)
     resolve_dtype(dtype)
     if calib_dtype != "auto":
         resolve_dtype(calib_dtype)
@@ -232,7 +238,8 @@ def prune_pretrained(
     with progress_bars(progress):  # a known name is converted from GGUF on first use
         tokenizer = load_tokenizer(model_name)
     check_tokenizer(tokenizer, sample_text(calibration.source))
-    calib = calibration.batches(tokenizer) if method != "magnitude" or allocation == "owl" else None
+    needs_calibration = method != "magnitude" or allocation == "owl" or dsnot is not None
+    calib = calibration.batches(tokenizer) if needs_calibration else None
     windows = evaluation.windows(tokenizer) if evaluation is not None else None
     streamer = staging = None
     if low_memory:
@@ -250,7 +257,8 @@ def prune_pretrained(
         start = time.perf_counter()
         result = prune(model, calib, method=method, sparsity=sparsity, structure=structure, allocation=allocation,
                        owl_m=owl_m, owl_lambda=owl_lambda, batch_size=batch_size, targets=targets, ignore=ignore,
-                       progress=progress, loader=streamer, calib_dtype=forward_dtype)
+                       progress=progress, loader=streamer, calib_dtype=forward_dtype,
+                       recover=recover, dsnot=dsnot)
         seconds = time.perf_counter() - start
         log.info("pruned %d layers in %.1f s", len(result.sparsity), seconds)
         record: dict[str, Any] = {
@@ -271,6 +279,10 @@ def prune_pretrained(
             "calib_dtype": str(forward_dtype or weights_dtype).removeprefix("torch."),
             "memory": "block" if low_memory else "full",
         }
+        if result.recovery is not None:
+            swaps = result.recovery["swaps"]
+            record["recovery"] = [{**{k: v for k, v in result.recovery.items() if k != "swaps"},
+                                   "swaps_total": sum(swaps.values()), "swaps": swaps}]
         if windows is not None:
             ppl_start = time.perf_counter()
             value = (lowmem.staged_perplexity(model, streamer, windows) if streamer is not None

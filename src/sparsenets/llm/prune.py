@@ -29,6 +29,7 @@ from ..masks import MaskStore
 from ..select import Structure, parse_structure
 from .adapters import DecoderAdapter, get_adapter, to_parameter_layout, weight_matrix
 from .calibrate import BlockLoader, sequential_calibration
+from .dsnot import DSnoTOptions, PairedStats, check_recover, dsnot_keep_mask, initial_scores
 from .methods import get_method
 from .owl import owl_outlier_ratios
 from .stats import InputStats
@@ -60,12 +61,15 @@ class PruneResult(Mapping[str, float]):
         structure: the structure every mask satisfies (:class:`~sparsenets.select.Unstructured`
             with a per-row keep count, or :class:`~sparsenets.select.NM`).
         targets: ``{decoder block name: target sparsity}`` from the allocation.
+        recovery: with ``recover="dsnot"``: the options used, the swaps made per layer
+            (``swaps``) and the layers that kept the initial mask (``skipped``); else ``None``.
     """
 
     masks: MaskStore
     sparsity: dict[str, float]
     structure: Structure
     targets: dict[str, float]
+    recovery: dict | None = None
 
     def __getitem__(self, name: str) -> float:
         return self.sparsity[name]
@@ -162,6 +166,8 @@ def prune(
     progress: bool = True,
     loader: BlockLoader | None = None,
     calib_dtype: torch.dtype | None = None,
+    recover: str | None = None,
+    dsnot: DSnoTOptions | None = None,
 ) -> PruneResult:
     r"""Prune every Linear (and HF ``Conv1D``) inside the decoder blocks of ``model`` in place.
 
@@ -192,6 +198,12 @@ def prune(
             (:class:`.lowmem.BlockStreamer`, ``--low-memory``); its ``device`` holds the masks.
         calib_dtype: dtype of the calibration forwards (e.g. ``torch.bfloat16``; see
             :func:`.calibrate.sequential_calibration`); the weights are pruned in their own.
+        recover: ``"dsnot"``: repair every layer's mask with DSnoT (:mod:`.dsnot`) right after
+            the method chose it, on the dense weights, before the block's outputs feed the next
+            block; needs calibration data for every method. DSnoT moves the mask only: the kept
+            weights keep their dense values (SparseGPT's reconstruction is dropped in the
+            layers DSnoT processes, as in the reference; skipped layers keep it).
+        dsnot: DSnoT's options (:class:`.dsnot.DSnoTOptions`; default: the reference's).
 
     Returns:
         A :class:`PruneResult`: ``.masks`` (keep masks keyed ``<Linear name>.weight``),
@@ -201,8 +213,10 @@ def prune(
     pruner = get_method(method)
     target, parsed = resolve_sparsity(sparsity, structure)
     check_allocation(allocation, parsed)
-    if pruner.stats is not None and calibration is None:
-        raise SparsenetsError(f"method {method!r} needs calibration token ids (see sparsenets.llm.calibration_batches)")
+    dsnot = check_recover(recover, dsnot)
+    if (pruner.stats is not None or dsnot is not None) and calibration is None:
+        needs = "DSnoT" if pruner.stats is None else f"method {method!r}"
+        raise SparsenetsError(f"{needs} needs calibration token ids (see sparsenets.llm.calibration_batches)")
     adapter = get_adapter(model, targets=targets, ignore=ignore)
     block_targets = block_sparsities(model, calibration, target, allocation, adapter=adapter, loader=loader, owl_m=owl_m,
                                owl_lambda=owl_lambda, batch_size=batch_size, progress=progress)
@@ -215,11 +229,38 @@ def prune(
     masks = MaskStore({name: tuple(w.shape) for name, w in weights.items()},
                       device=loader.device if loader is not None else next(iter(weights.values())).device)
     measured: dict[str, float] = {}
+    swaps: dict[str, int] = {}
+    skipped: list[str] = []
+
+    def repair(name: str, fqn: str, weight: torch.Tensor, dense: torch.Tensor, keep: torch.Tensor,
+               stat: torch.Tensor | None, moments) -> torch.Tensor:
+        """DSnoT on one layer: the new keep mask; ``weight`` gets the dense values back."""
+        if dsnot.skips(name):
+            skipped.append(fqn)
+            return keep
+        scores = initial_scores(method, dense, stat) if parsed.is_nm else None
+        keep, swaps[fqn] = dsnot_keep_mask(dense, keep, moments, parsed, initial_scores=scores, options=dsnot)
+        weight.copy_(dense)
+        return keep
 
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         block_name = adapter.block_name(index)
         layers = adapter.linears(block, index)
         finalized = {name: stats[name].finalize() if name in stats else None for name in layers}
+        if dsnot is not None:  # one layer at a time, each with (method statistic, input moments)
+            for name, layer in layers.items():
+                weight = weight_matrix(layer)
+                stat, moments = finalized[name]
+                dense = weight.detach().clone()
+                keep = pruner.prune_weight(weight, stat, block_targets[block_name], parsed)
+                fqn = f"{block_name}.{name}"
+                keep = repair(name, fqn, weight, dense, keep, stat, moments)
+                weight.mul_(keep.to(weight.device, weight.dtype))
+                masks.set(f"{fqn}.weight", to_parameter_layout(layer, keep))
+                measured[fqn] = float((weight == 0).sum()) / weight.numel()
+            log.info("block %d pruned (%s + DSnoT, %s, target sparsity %.3f)", index, method, parsed,
+                     block_targets[block_name])
+            return
         for group in same_statistic_groups(layers, finalized):
             views = [weight_matrix(layers[name]) for name in group]  # (out_i, in), views of the parameters
             # Layers that read the same input (q/k/v, gate/up) have identical statistics: every
@@ -239,10 +280,15 @@ def prune(
                 measured[fqn] = float((view == 0).sum()) / view.numel()
         log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, block_targets[block_name])
 
+    stats_factory = pruner.stats
+    if dsnot is not None:
+        method_stats = pruner.stats
+        stats_factory = lambda layer: PairedStats(method_stats(layer) if method_stats else None,  # noqa: E731
+                                                  weight_matrix(layer).shape[1])
     sequential_calibration(
         model,
-        calibration if pruner.stats is not None else None,
-        stats_factory=pruner.stats,
+        calibration if stats_factory is not None else None,
+        stats_factory=stats_factory,
         on_block=on_block,
         batch_size=batch_size,
         adapter=adapter,
@@ -251,4 +297,57 @@ def prune(
         calib_dtype=calib_dtype,
     )
     masks.reset_ever_active()
-    return PruneResult(masks, measured, parsed, block_targets)
+    recovery = None
+    if dsnot is not None:
+        recovery = {"method": "dsnot", "max_cycles": dsnot.max_cycles, "threshold": dsnot.threshold,
+                    "var_power": dsnot.var_power, "same_sign": dsnot.same_sign, "skip": list(dsnot.skip_patterns()),
+                    "swaps": swaps, "skipped": skipped}
+    return PruneResult(masks, measured, parsed, block_targets, recovery)
+
+
+def recover(
+    model: nn.Module,
+    calibration: torch.Tensor,
+    *,
+    method: str = "dsnot",
+    initial: str = "wanda",
+    sparsity: float | None = None,
+    structure: str | Structure = "unstructured",
+    options: DSnoTOptions | None = None,
+    **prune_options,
+) -> PruneResult:
+    """Prune the *dense* ``model`` with ``initial`` and repair every layer's mask without training.
+
+    ``method="dsnot"`` (the only one so far): DSnoT (:mod:`.dsnot`) swaps pruned and kept weights
+    of each row to shrink the row's expected reconstruction error; per-row counts and N:M
+    groups stay exact. DSnoT revives pruned weights with their dense values, so it runs inside
+    the sequential pruning pass (each block's repaired outputs feed the next block) on a model
+    that is still dense: ``recover(model, calib, initial="wanda", sparsity=0.7)`` is
+    ``prune(model, calib, method="wanda", sparsity=0.7, recover="dsnot")``.
+
+    Args:
+        model, calibration, sparsity, structure: as in :func:`prune`.
+        method: the recovery method, ``"dsnot"``.
+        initial: the one-shot method that chooses the initial mask (magnitude, wanda, sparsegpt).
+        options: :class:`.dsnot.DSnoTOptions` (default: the reference's).
+        **prune_options: any other :func:`prune` argument (allocation, batch_size, targets, ...).
+
+    Raises:
+        SparsenetsError: an unknown method, or a model whose layers are already pruned.
+    """
+    if method != "dsnot":
+        raise SparsenetsError(f"unknown recovery method {method!r} (valid: 'dsnot')")
+    target, _ = resolve_sparsity(sparsity, structure)
+    adapter = get_adapter(model, targets=prune_options.get("targets"), ignore=prune_options.get("ignore"))
+    layers = adapter.prunable_linears(model)
+    if layers and target > 0:
+        name, layer = next(iter(layers.items()))
+        if not weight_matrix(layer).is_meta:
+            zeros = float((weight_matrix(layer) == 0).sum()) / weight_matrix(layer).numel()
+            if zeros >= 0.9 * target:
+                raise SparsenetsError(
+                    f"{name} is already {zeros:.1%} zeros: DSnoT needs the dense model (it revives pruned weights "
+                    f"with their dense values); load the original checkpoint and call recover() on it"
+                )
+    return prune(model, calibration, method=initial, sparsity=sparsity, structure=structure, recover=method,
+                 dsnot=options, **prune_options)

@@ -54,9 +54,14 @@ class _Accumulator:
         self.total = statistic.clone() if self.total is None else self.total.add_(statistic.to(self.total.device))
         self.n_tokens += int(n_tokens)
 
+    def add_input(self, statistic: torch.Tensor, x: torch.Tensor) -> None:
+        """Add ``statistic = batch_statistic(x)`` (computed once, maybe shared by several
+        layers) for the input ``x`` it came from."""
+        self.add(statistic, x.numel() // x.shape[-1])
+
     def update(self, x: torch.Tensor) -> None:
         """Add a batch of inputs (..., in_features)."""
-        self.add(self.batch_statistic(x), self._rows(x).shape[0])
+        self.add_input(self.batch_statistic(x), x)
 
     def _total(self, shape: tuple[int, ...]) -> torch.Tensor:
         return self.total if self.total is not None else torch.zeros(shape, dtype=torch.float64)
