@@ -69,7 +69,17 @@ def configurations(peer: bool, skip_4_8: bool = False) -> list[dict]:
                              "allocation": "uniform", "memory": "block", **base})
             if peer and method != "magnitude" and setting in PEER_SETTINGS:
                 runs.append({"id": f"llmcompressor-{method}-{setting}", "system": "llm-compressor", **base})
+        for method in ("wanda", "sparsegpt"):  # DSnoT on top (training-free repair of the masks)
+            if method == "wanda" or setting == "0.7":
+                runs.append({"id": f"{method}-{setting}-dsnot", "system": "sparsenets + DSnoT", "allocation": "uniform",
+                             "method": method, "setting": setting, "sparsity": sparsity, "structure": structure,
+                             "recover": "dsnot"})
         if setting == "0.7":
+            for variant, options in (("all", {"skip": None}), ("nosign", {"same_sign": False}),
+                                     ("all-nosign", {"skip": None, "same_sign": False})):
+                runs.append({"id": f"wanda-0.7-dsnot-{variant}", "system": f"sparsenets + DSnoT ({variant})",
+                             "allocation": "uniform", "method": "wanda", "setting": "0.7", "sparsity": 0.7,
+                             "structure": "unstructured", "recover": "dsnot", "dsnot": options})
             for method in ("wanda", "sparsegpt"):
                 runs.append({"id": f"{method}-owl-0.7", "system": "sparsenets", "method": method, "setting": "0.7 OWL",
                              "sparsity": 0.7, "structure": "unstructured", "allocation": "owl"})
@@ -87,7 +97,7 @@ def run_ours(run: dict, args: argparse.Namespace) -> dict:
     """Prune with sparsenets in this (fresh) process; evaluate; measure every layer."""
     import torch
 
-    from sparsenets.llm import load_causal_lm, perplexity, prune
+    from sparsenets.llm import DSnoTOptions, load_causal_lm, perplexity, prune
     from sparsenets.llm.export import layer_sparsity
 
     calib, windows = load_data(args, other_bos=run.get("other_bos", False))
@@ -100,7 +110,10 @@ def run_ours(run: dict, args: argparse.Namespace) -> dict:
         start = time.perf_counter()
         pruned = prune(model, calib, method=run["method"], sparsity=run["sparsity"], structure=run["structure"],
                        allocation=run["allocation"], batch_size=args.batch_size, progress=False,
-                       calib_dtype=torch.bfloat16 if run.get("calib_dtype") == "bfloat16" else None)
+                       calib_dtype=torch.bfloat16 if run.get("calib_dtype") == "bfloat16" else None,
+                       recover=run.get("recover"), dsnot=DSnoTOptions(**run["dsnot"]) if "dsnot" in run else None)
+        if pruned.recovery is not None:
+            result["dsnot_swaps"] = sum(pruned.recovery["swaps"].values())
         result["prune_seconds"] = time.perf_counter() - start
         if run.get("save_masks"):
             from sparsenets.io import save_tensors
@@ -274,6 +287,19 @@ def bf16_calibration(rows: list[dict]) -> list[dict]:
     return out
 
 
+def dsnot_effect(rows: list[dict]) -> list[dict]:
+    """Each DSnoT run against the same method and setting without it: perplexity and time."""
+    base = {(r["method"], r["setting"]): r for r in rows if r["system"] == "sparsenets"}
+    out = []
+    for r in rows:
+        plain = base.get((r["method"], r["setting"])) if r.get("recover") == "dsnot" else None
+        if plain is not None:
+            out.append({"id": r["id"], "perplexity_without": plain["perplexity"], "perplexity_with": r["perplexity"],
+                        "change": r["perplexity"] / plain["perplexity"] - 1, "seconds_without": plain["prune_seconds"],
+                        "seconds_with": r["prune_seconds"], "swaps": r.get("dsnot_swaps")})
+    return out
+
+
 def memory_modes(rows: list[dict], work: Path) -> dict | None:
     """The low-memory run against the in-memory one at the same setting: masks equal, RSS saved."""
     by_id = {r["id"]: r for r in rows}
@@ -407,6 +433,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bf16 calibration forwards, {c['method']} 50%: {c['speedup']:.2f}x faster "
               f"({c['seconds_bf16']:.1f} vs {c['seconds_fp32']:.1f} s), perplexity {c['perplexity_bf16']:.2f} vs "
               f"{c['perplexity_fp32']:.2f} ({100 * (c['perplexity_bf16'] / c['perplexity_fp32'] - 1):+.2f}%)")
+    dsnot = dsnot_effect(rows)
+    for c in dsnot:
+        print(f"{c['id']:28s}: perplexity {c['perplexity_with']:.2f} vs {c['perplexity_without']:.2f} without DSnoT "
+              f"({100 * c['change']:+.1f}%), prune {c['seconds_with']:.1f} vs {c['seconds_without']:.1f} s, "
+              f"{c['swaps']} swaps")
     modes = memory_modes(rows, Path(args.work))
     if modes:
         print(f"one block in memory vs whole model (sparsegpt 50%): same masks {modes['same_masks']}, "
@@ -429,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
         "versus_llm_compressor": cmp,
         "memory_modes": modes,
         "bf16_calibration": bf16,
+        "dsnot": dsnot,
     })
     print(f"\nwrote {args.json}")
     return 0
