@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from sparsenets import DynamicSparsity, SparsenetsError
+from sparsenets import DynamicSparsity, LeanAdamW, SparsenetsError
 from sparsenets.optim import per_element_state, reset_state_
 
 OPTIMIZERS = {
@@ -15,7 +15,11 @@ OPTIMIZERS = {
     "adam": lambda p: torch.optim.Adam(p, lr=0.01, weight_decay=1e-2),
     "adam-amsgrad": lambda p: torch.optim.Adam(p, lr=0.01, amsgrad=True),
     "adamw": lambda p: torch.optim.AdamW(p, lr=0.01, weight_decay=0.5),
+    "lean-adamw": lambda p: LeanAdamW(p, lr=0.01, weight_decay=0.5),
 }
+#: Optimizers whose per-element state has the parameter's shape (LeanAdamW keeps it compact:
+#: tests/test_lean_optim.py checks it separately).
+DENSE_STATE = [name for name in OPTIMIZERS if name != "lean-adamw"]
 
 
 def mse(output, target):
@@ -26,7 +30,7 @@ def batch(gen, n_in=8, n_out=4):
     return torch.randn(16, n_in, generator=gen), torch.randn(16, n_out, generator=gen)
 
 
-@pytest.mark.parametrize("opt_name", OPTIMIZERS)
+@pytest.mark.parametrize("opt_name", DENSE_STATE)
 def test_dropped_weights_stay_dead_and_grown_start_fresh(opt_name, make_mlp):
     model = make_mlp((8, 16, 4), 0)
     optimizer = OPTIMIZERS[opt_name](model.parameters())
@@ -181,6 +185,7 @@ RESUME_CASES = {
     "snfs": ("adam", {"update_every": 3, "drop_fraction": 0.5}),
     "granet": ("adamw", {"update_every": 3, "initial_density": 0.6}),
     "set": ("sgd-nesterov", {"update_every": 3, "explore": True}),
+    "mest": ("lean-adamw", {"update_every": 3, "drop_fraction": 0.5}),
 }
 N_STEPS = 24
 

@@ -27,6 +27,7 @@ from .dst import (
     TopologyChange,
 )
 from .errors import SparsenetsError
+from .lean_optim import LeanAdamW
 from .masks import MaskStore
 from .prune import prune_at_init
 from .report import LayerReport, Report, report
@@ -49,6 +50,7 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'sparsenets' has no attribute {name!r}")
 
 __all__ = [
+    "LeanAdamW",
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
     "LayerReport", "MaskStore", "NeuroFS", "NeuronAttribution", "QuickSelection", "WAST", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
     "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "TopologyChange", "Unstructured", "allocate",

@@ -161,6 +161,9 @@ class DynamicSparsity:
         self.layers: dict[str, LayerBackend] = {
             name: self._make_layer(name, all_params[name]) for name in names
         }
+        attach = getattr(optimizer, "attach_masks", None)  # a memory-lean optimizer (LeanAdamW)
+        if attach is not None:
+            attach(self.masks, {n: layer.param for n, layer in self.layers.items() if isinstance(layer, MaskedLayer)})
         self.state: MethodState = self.method.make_state(self)
         self.method.attach(self)
 
