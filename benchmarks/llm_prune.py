@@ -208,6 +208,9 @@ def prepare_data(args: argparse.Namespace) -> None:
     other = eval_windows(tok, args.seq_len, args.eval_windows, bos=flipped if bos_token(tok) is None else False)
     save_tensors(Path(args.work) / "data.safetensors", {"calibration": calib, "windows": windows,
                                                         "windows_other_bos": other})
+    # the peer's copy of the same ids, rewritten every time (a --seed run in the same --work must
+    # not hand the peer an earlier seed's windows)
+    save_tensors(Path(args.work) / "calibration.safetensors", {"input_ids": calib})
 
 
 def gemma3_gguf() -> Path:
@@ -257,11 +260,8 @@ def run_one(run: dict, args: argparse.Namespace, peer_python: str | None) -> dic
     from sparsenets.llm import resolve_model_dir
 
     weights, peer_result = work / f"{run['id']}.safetensors", work / f"{run['id']}.peer.json"
-    from sparsenets.io import load_tensors, save_tensors
 
-    calib_file = work / "calibration.safetensors"
-    if not calib_file.exists():
-        save_tensors(calib_file, {"input_ids": load_tensors(work / "data.safetensors")["calibration"]})
+    calib_file = work / "calibration.safetensors"  # written by prepare_data
     cmd = [peer_python, str(PEER_SCRIPT), "--model-dir", str(resolve_model_dir(args.model)), "--calib", str(calib_file),
            "--method", run["method"], "--out", str(weights), "--result", str(peer_result)]
     cmd += ["--nm", run["structure"]] if run["structure"] != "unstructured" else ["--sparsity", str(run["sparsity"])]
