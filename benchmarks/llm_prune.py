@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -87,7 +86,9 @@ def configurations(peer: bool, skip_4_8: bool = False) -> list[dict]:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    from sparsenets.memory_use import peak_rss_mib
+
+    return peak_rss_mib()
 
 
 # ---------------------------------------------------------------- child processes (one run each)

@@ -23,6 +23,15 @@ import torch
 from safetensors.torch import load_file, save_file
 
 
+def peak_rss_mb() -> float:
+    """VmHWM of this process (ru_maxrss would carry the launching process's peak across exec)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model-dir", required=True)
@@ -61,7 +70,7 @@ def main() -> None:
     import llmcompressor
 
     with open(args.result, "w") as handle:
-        json.dump({"seconds": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        json.dump({"seconds": seconds, "peak_rss_mb": peak_rss_mb(),
                    "version": llmcompressor.__version__, "n_samples": n_samples, "seq_len": seq_len}, handle)
 
 

@@ -10,7 +10,6 @@ how its numbers were obtained.
 from __future__ import annotations
 
 import logging
-import resource
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -21,6 +20,7 @@ import torch
 
 from .. import __version__
 from ..errors import SparsenetsError
+from ..memory_use import peak_rss_mib
 from . import lowmem
 from .adapters import get_adapter, is_transposed
 from .data import (
@@ -164,11 +164,6 @@ def evaluate_pretrained(model_name: str | Path, protocol: EvalProtocol | None = 
         saved = info["perplexity"]["value"]
     return {"model": str(model_name), "perplexity": value, "protocol": protocol.describe(),
             "seconds": time.perf_counter() - start, "saved": saved}
-
-
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (``ru_maxrss``), MiB."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def prune_pretrained(
