@@ -143,3 +143,13 @@ def test_owl_errors():
     with pytest.raises(SparsenetsError, match="owl_m must be"):
         prune(model, tokens(2, 8), allocation="owl", owl_m=0)
     assert all((layer.weight != 0).all() for layer in get_adapter(model).prunable_linears(model).values())
+
+
+@pytest.mark.parametrize("width", [3, 64, 200, 577])
+def test_symmetric_gram_equals_the_full_product(width):
+    from sparsenets.llm.stats import symmetric_gram
+
+    rows = torch.randn(300, width, generator=torch.Generator().manual_seed(width))
+    gram = symmetric_gram(rows)
+    assert torch.equal(gram, gram.t())
+    torch.testing.assert_close(gram, rows.t() @ rows, rtol=1e-5, atol=1e-4)

@@ -243,6 +243,11 @@ def prune(
         weight.copy_(dense)
         return keep
 
+    def record(fqn: str, layer: nn.Module, weight: torch.Tensor, keep: torch.Tensor) -> None:
+        """Store a pruned layer's keep mask (in the parameter's own layout) and measured sparsity."""
+        masks.set(f"{fqn}.weight", to_parameter_layout(layer, keep))
+        measured[fqn] = float((weight == 0).sum()) / weight.numel()
+
     def on_block(index: int, block: nn.Module, stats: dict[str, InputStats]) -> None:
         block_name = adapter.block_name(index)
         layers = adapter.linears(block, index)
@@ -256,8 +261,7 @@ def prune(
                 fqn = f"{block_name}.{name}"
                 keep = repair(name, fqn, weight, dense, keep, stat, moments)
                 weight.mul_(keep.to(weight.device, weight.dtype))
-                masks.set(f"{fqn}.weight", to_parameter_layout(layer, keep))
-                measured[fqn] = float((weight == 0).sum()) / weight.numel()
+                record(fqn, layer, weight, keep)
             log.info("block %d pruned (%s + DSnoT, %s, target sparsity %.3f)", index, method, parsed,
                      block_targets[block_name])
             return
@@ -275,9 +279,7 @@ def prune(
                 start = rows.stop
                 if view is not weight:
                     view.copy_(weight[rows])
-                fqn = f"{block_name}.{name}"
-                masks.set(f"{fqn}.weight", to_parameter_layout(layers[name], keep[rows]))  # the parameter's own layout
-                measured[fqn] = float((view == 0).sum()) / view.numel()
+                record(f"{block_name}.{name}", layers[name], view, keep[rows])
         log.info("block %d pruned (%s, %s, target sparsity %.3f)", index, method, parsed, block_targets[block_name])
 
     stats_factory = pruner.stats

@@ -109,7 +109,8 @@ class GramStats(_Accumulator):
 def symmetric_gram(rows: torch.Tensor, parts: int = 4) -> torch.Tensor:
     """``rowsᵀ rows`` (in, in) for ``rows`` (N, in), computing only the blocks on and above the
     diagonal (in ``parts`` column panels) and mirroring the rest: about 5/8 of the GEMM work of
-    the full product for 4 panels, and the same sums (each entry is one dot product either way)."""
+    the full product for 4 panels, exactly symmetric, and the same dot products (bit-identical
+    to the full product on the CPU measured; a GEMM library may order a sum differently)."""
     n = rows.shape[1]
     width = -(-n // parts)
     if parts <= 1 or width < 64:
