@@ -90,7 +90,7 @@ class LeanAdamW(torch.optim.Optimizer):
             if state and id(param) not in self.layouts:  # dense state from before: gather it
                 token = self._token(name)
                 for key in ("exp_avg", "exp_avg_sq", "step"):
-                    state[key] = self._gather(name, token, state[key]).clone()
+                    state[key] = self._gather(token, state[key]).clone()
                 self.layouts[id(param)] = token
 
     def _token(self, name: str) -> torch.Tensor:
@@ -99,9 +99,13 @@ class LeanAdamW(torch.optim.Optimizer):
         return self.masks.index(name) if name in self.masks.compact else self.masks[name]
 
     @staticmethod
-    def _gather(_name: str, token: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    def _gather(token: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
         flat = tensor.reshape(-1)
         return flat[token.reshape(-1)] if token.dtype == torch.bool else flat[token]
+
+    @staticmethod
+    def _nnz(token: torch.Tensor) -> int:
+        return int(token.sum()) if token.dtype == torch.bool else token.numel()
 
     @staticmethod
     def _scatter_(token: torch.Tensor, target: torch.Tensor, values: torch.Tensor) -> None:
@@ -166,13 +170,13 @@ class LeanAdamW(torch.optim.Optimizer):
             return
         token = self._token(name)
         if not state:
-            nnz = int(token.sum()) if token.dtype == torch.bool else token.numel()
+            nnz = self._nnz(token)
             state["exp_avg"] = torch.zeros(nnz, dtype=param.dtype, device=param.device)
             state["exp_avg_sq"] = torch.zeros(nnz, dtype=param.dtype, device=param.device)
             state["step"] = torch.zeros(nnz, dtype=torch.int16, device=param.device)
             self.layouts[id(param)] = token
         elif id(param) not in self.layouts:  # state loaded from a checkpoint: it follows the current mask
-            nnz = int(token.sum()) if token.dtype == torch.bool else token.numel()
+            nnz = self._nnz(token)
             if state["exp_avg"].shape != (nnz,):
                 raise SparsenetsError(f"LeanAdamW state of {name!r} holds {state['exp_avg'].numel()} entries, its mask "
                                       f"{nnz}: load the sparsifier's masks from the same checkpoint")
@@ -182,8 +186,8 @@ class LeanAdamW(torch.optim.Optimizer):
         power = group["density_lr_power"]
         if power:
             lr = lr * max(self.masks.density(name), 1e-12) ** -power
-        values = self._gather(name, token, param.detach())
-        grad = self._gather(name, token, param.grad)
+        values = self._gather(token, param.detach())
+        grad = self._gather(token, param.grad)
         _adamw_(values, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, group)
         self._scatter_(token, param.data, values)
 

@@ -292,12 +292,9 @@ def initial_scores(method: str, weight: torch.Tensor, statistic: torch.Tensor | 
     if method == "wanda":
         return w.abs() * statistic.to(w.device, torch.float32)
     if method == "sparsegpt":
-        from .sparsegpt import _upper_inverse_factor
+        from .sparsegpt import damped_inverse_factor
 
-        gram = statistic.to(w.device, torch.float64).clone()
-        dead = torch.diagonal(gram) == 0
-        gram[dead, dead] = 1.0
-        diag = torch.diagonal(_upper_inverse_factor(gram, 0.01)).float()
+        diag = torch.diagonal(damped_inverse_factor(statistic.to(w.device), 0.01)[0]).float()
         return w.square() / diag.square()
     raise SparsenetsError(f"DSnoT has no initial score for method {method!r}")
 

@@ -48,6 +48,15 @@ def _upper_inverse_factor(gram: torch.Tensor, percdamp: float) -> torch.Tensor:
     raise SparsenetsError("sparsegpt: the input Gram matrix is not positive definite even with damping; use more calibration data")
 
 
+def damped_inverse_factor(gram: torch.Tensor, percdamp: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(U, dead): the upper Cholesky factor of (H + λI)⁻¹ in float64 after dead inputs
+    (H_jj = 0) got H_jj = 1, and the (in,) bool mask of those dead inputs. ``gram`` is not modified."""
+    H = gram.to(torch.float64).clone()
+    dead = torch.diagonal(H) == 0
+    H[dead, dead] = 1.0
+    return _upper_inverse_factor(H, percdamp), dead
+
+
 @torch.no_grad()
 def sparsegpt_prune(
     weight: torch.Tensor,
@@ -83,13 +92,11 @@ def sparsegpt_prune(
         if blocksize % nm.m:
             raise SparsenetsError(f"sparsegpt: blocksize {blocksize} must be a multiple of M={nm.m}")
     device = weight.device
-    H = gram.to(device=device, dtype=torch.float64).clone()
     W = weight.detach().to(torch.float32).clone()
-    dead = torch.diagonal(H) == 0
-    H[dead, dead] = 1.0
+    upper, dead = damped_inverse_factor(gram.to(device), percdamp)
     W[:, dead] = 0.0
-    Hinv = _upper_inverse_factor(H, percdamp).to(torch.float32)  # (in, in), upper triangular
-    del H
+    Hinv = upper.to(torch.float32)  # (in, in), upper triangular
+    del upper
 
     pruned = torch.zeros(out_features, in_features, dtype=torch.bool, device=device)
     for i1 in range(0, in_features, blocksize):
