@@ -11,6 +11,7 @@ from .dst import (
     GMP,
     MEST,
     METHODS,
+    SEFT,
     SET,
     SNFS,
     DropAndGrow,
@@ -52,7 +53,7 @@ def __getattr__(name: str):
 __all__ = [
     "LeanAdamW",
     "CTRE", "GMP", "MEST", "METHODS", "NM", "SET", "SNFS", "DropAndGrow", "DynamicSparsity", "GraNet",
-    "LayerReport", "MaskStore", "NeuroFS", "NeuronAttribution", "QuickSelection", "WAST", "Method", "MethodState", "Regrowing", "Report", "RigL", "Scheduled",
+    "LayerReport", "MaskStore", "NeuroFS", "NeuronAttribution", "QuickSelection", "WAST", "Method", "MethodState", "Regrowing", "Report", "RigL", "SEFT", "Scheduled",
     "SparseLinear", "SparseOptimizer", "SparsenetsError", "SparsityContext", "Static", "Stream", "TopologyChange", "Unstructured", "allocate",
     "allocate_counts", "check_structure", "find_targets", "load_sparse", "parse_structure", "prune_at_init", "report",
     "save_sparse", "to_dense", "to_sparse", "__version__",

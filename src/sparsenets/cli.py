@@ -1,4 +1,5 @@
-"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``, ``select``, ``prune-llm``, ``eval-ppl``.
+"""The ``sparsenets`` command line: ``train``, ``report``, ``methods``, ``select``, ``prune-llm``,
+``finetune-llm``, ``eval-ppl``.
 
 Bad input prints one line ``sparsenets: error: …`` to stderr and exits with status 2, without a
 traceback.
@@ -176,6 +177,63 @@ def _add_llm_commands(sub) -> None:
     prune.add_argument("--dsnot-no-sign", action="store_true",
                        help="DSnoT: allow swaps that flip the sign of a row's error (the reference's default)")
     prune.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    tune = sub.add_parser("finetune-llm", help="fine-tune a pruned causal LM, keeping its sparsity exact",
+                          description="Fine-tune a directory written by prune-llm on next-token prediction while "
+                                      "every pruned row (and N:M group) keeps its exact count: seft evolves the "
+                                      "topology (grow by accumulated |gradient|, prune back by sensitivity), masked "
+                                      "keeps the pruned mask. Saves a plain Hugging Face directory with "
+                                      "sparsity.json extended by the recovery step.")
+    tune.add_argument("--model", required=True, help="a pruned model directory written by prune-llm")
+    tune.add_argument("--method", default="seft", choices=("seft", "masked"),
+                      help="seft (default: evolving topology) or masked (fixed mask)")
+    tune.add_argument("--data", default="austen", metavar="TEXT",
+                      help="training text: austen (default: Mansfield Park, used neither for calibration nor for "
+                           "evaluation), or a text / .jsonl file or saved dataset (its first 80%%)")
+    tune.add_argument("--steps", type=_positive_int, required=True, help="optimizer steps")
+    tune.add_argument("--lr", type=float, default=1e-4, help="peak learning rate (default 1e-4)")
+    tune.add_argument("--warmup-fraction", type=float, default=0.1,
+                      help="share of the steps of linear lr warm-up, then cosine to 0 (default 0.1)")
+    tune.add_argument("--batch-size", type=_positive_int, default=4, help="windows per step (default 4)")
+    tune.add_argument("--seq-len", type=_positive_int, default=256, help="tokens per window (default 256)")
+    tune.add_argument("--weight-decay", type=float, default=0.0, help="AdamW weight decay (default 0)")
+    tune.add_argument("--max-grad-norm", type=float, default=1.0, help="gradient clipping norm, 0 = off (default 1)")
+    tune.add_argument("--optimizer", default="lean-adamw", choices=("lean-adamw", "adamw"),
+                      help="lean-adamw (default: state only for active weights) or adamw")
+    tune.add_argument("--regrow-warmup", type=int, default=0,
+                      help="LeanAdamW: steps over which a regrown weight's step size rises (default 0)")
+    tune.add_argument("--autocast", default="auto", choices=("auto", "bfloat16", "off"),
+                      help="forward precision: auto (default: bfloat16 on CPUs with bf16 units), bfloat16, off")
+    tune.add_argument("--train-embeddings", action="store_true",
+                      help="also train the embeddings (default: decoder blocks and final norm only)")
+    tune.add_argument("--update-every", type=_positive_int, default=20, help="SEFT: steps between updates (default 20)")
+    tune.add_argument("--grow-fraction", type=float, default=0.05,
+                      help="SEFT: share of each row's kept weights swapped at the first update (default 0.05)")
+    tune.add_argument("--grow-schedule", default="cosine", choices=("cosine", "linear", "constant"),
+                      help="SEFT: annealing of the grow fraction (default cosine)")
+    tune.add_argument("--end-fraction", type=float, default=0.75,
+                      help="SEFT: share of the run after which the topology is frozen (default 0.75)")
+    tune.add_argument("--grad-window", type=int, default=0,
+                      help="SEFT: steps of |gradient| accumulated before an update, 0 = all since the last (default)")
+    tune.add_argument("--prune-score", default="sensitivity", choices=("sensitivity", "magnitude"),
+                      help="SEFT: prune-back score, |w|·Σ|g| (default) or |w|")
+    tune.add_argument("--eval-text", default="austen", metavar="TEXT",
+                      help="perplexity text: austen (default: Emma) or a text file (its last 20%%)")
+    tune.add_argument("--eval-windows", type=_windows, default=DEFAULT_EVAL_WINDOWS,
+                      help=f"evaluation windows, or 'all' (default {DEFAULT_EVAL_WINDOWS})")
+    tune.add_argument("--eval-seq-len", type=_positive_int, default=512, help="tokens per evaluation window (default 512)")
+    tune.add_argument("--eval-every", type=int, default=0, help="held-out perplexity every N steps (default: before and after only)")
+    tune.add_argument("--no-eval", action="store_true", help="measure no perplexity")
+    tune.add_argument("--checkpoint-every", type=int, default=0,
+                      help="write <out>-checkpoint every N steps (default: none), for --resume")
+    tune.add_argument("--resume", action="store_true", help="continue an interrupted run from <out>-checkpoint")
+    tune.add_argument("--bos", default="auto", choices=("auto", "on", "off"),
+                      help="start training and evaluation windows with the BOS token (default: as the tokenizer does)")
+    tune.add_argument("--seed", type=int, default=0, help="seed of the training windows (default 0)")
+    tune.add_argument("--out", required=True, help="output directory for the fine-tuned model")
+    tune.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    tune.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:N")
+    tune.add_argument("--quiet", action="store_true", help="no progress bars")
 
     ppl = sub.add_parser("eval-ppl", help="perplexity of a causal LM on held-out text")
     ppl.add_argument("--model", required=True, help="known name (smollm2-135m) or local HF model directory")
@@ -410,6 +468,41 @@ def _cmd_prune_llm(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_finetune_llm(args: argparse.Namespace) -> int:
+    from .llm.finetune import FinetuneOptions
+    from .llm.finetune_pipeline import finetune_pretrained
+    from .llm.pipeline import make_eval
+    from .training import resolve_device
+
+    options = FinetuneOptions(
+        steps=args.steps, lr=args.lr, warmup_fraction=args.warmup_fraction, batch_size=args.batch_size,
+        seq_len=args.seq_len, weight_decay=args.weight_decay, max_grad_norm=args.max_grad_norm,
+        optimizer=args.optimizer, regrow_warmup=args.regrow_warmup, autocast=args.autocast,
+        train_embeddings=args.train_embeddings, seed=args.seed, eval_every=args.eval_every,
+        checkpoint_every=args.checkpoint_every)
+    seft = dict(update_every=args.update_every, grow_fraction=args.grow_fraction, grow_schedule=args.grow_schedule,
+                end_fraction=args.end_fraction, grad_window=args.grad_window, prune_score=args.prune_score)
+    evaluation = None if args.no_eval else make_eval(args.eval_text, args.eval_seq_len, args.eval_windows, args.bos)
+    record = finetune_pretrained(args.model, args.out, method=args.method, data=None if args.data == "austen" else args.data,
+                                 options=options, seft=seft, evaluation=evaluation, bos=args.bos,
+                                 device=resolve_device(args.device), resume=args.resume, overwrite=args.overwrite,
+                                 progress=not args.quiet)
+    step = record["recovery"][-1]
+    values = list(record["layers"].values())
+    print(f"finetuned  {args.model} with {step['method']} for {step['steps']} steps in {step['seconds']:.1f} s "
+          f"({step['topology_updates']} topology updates, {step['grown_total']} weights grown, "
+          f"{100 * step['mask_change']:.2f}% of the mask changed)")
+    print(f"sparsity   {record['structure']}, measured mean {sum(values) / len(values):.4f} "
+          f"(min {min(values):.4f}, max {max(values):.4f})")
+    if step["perplexity"]:
+        before, after = step["perplexity"][0], step["perplexity"][-1]
+        print(f"perplexity {before['value']:.3f} at step {before['step']} -> {after['value']:.3f} at step {after['step']}")
+    print(f"optimizer  {step['optimizer_state_bytes'] / 2**20:.1f} MiB of state ({step['options']['optimizer']}); "
+          f"peak RSS {step['peak_rss_mib']:.0f} MiB")
+    print(f"saved      {record['out']} (loads with transformers.AutoModelForCausalLM.from_pretrained)")
+    return 0
+
+
 def _cmd_eval_ppl(args: argparse.Namespace) -> int:
     from .llm.pipeline import evaluate_pretrained, make_eval
     from .training import resolve_device
@@ -436,7 +529,8 @@ def main(argv: list[str] | None = None) -> int:
     quiet = getattr(args, "quiet", False) or (launched_by_torchrun() and os.environ.get("RANK", "0") != "0")
     logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(message)s")
     commands = {"train": _cmd_train, "report": _cmd_report, "methods": _cmd_methods,
-                "select": _cmd_select, "prune-llm": _cmd_prune_llm, "eval-ppl": _cmd_eval_ppl}
+                "select": _cmd_select, "prune-llm": _cmd_prune_llm, "finetune-llm": _cmd_finetune_llm,
+                "eval-ppl": _cmd_eval_ppl}
     try:
         code = commands[args.command](args)
         sys.stdout.flush()  # a closed pipe shows here, inside the handlers, not at interpreter exit

@@ -108,14 +108,6 @@ class LeanAdamW(torch.optim.Optimizer):
         return int(token.sum()) if token.dtype == torch.bool else token.numel()
 
     @staticmethod
-    def _scatter_(token: torch.Tensor, target: torch.Tensor, values: torch.Tensor) -> None:
-        flat = target.view(-1)
-        if token.dtype == torch.bool:
-            flat.masked_scatter_(token.reshape(-1), values)
-        else:
-            flat[token] = values
-
-    @staticmethod
     def _carried(old: torch.Tensor, new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(which entries of the new compact state come from the old one (bool, new nnz), and
         which old entries they are (bool over the old nnz, same order))."""
@@ -186,10 +178,13 @@ class LeanAdamW(torch.optim.Optimizer):
         power = group["density_lr_power"]
         if power:
             lr = lr * max(self.masks.density(name), 1e-12) ** -power
-        values = self._gather(token, param.detach())
-        grad = self._gather(token, param.grad)
+        # the active positions as flat indices, for this update only (not kept: the state has no
+        # index of its own); one nonzero pass instead of one per boolean gather and scatter
+        index = token.reshape(-1).nonzero().squeeze(1) if token.dtype == torch.bool else token
+        values = param.detach().reshape(-1).index_select(0, index)
+        grad = param.grad.reshape(-1).index_select(0, index)
         _adamw_(values, grad, state["exp_avg"], state["exp_avg_sq"], state["step"], lr, group)
-        self._scatter_(token, param.data, values)
+        param.data.view(-1).index_copy_(0, index, values)
 
     def state_bytes(self) -> int:
         """Bytes of every tensor this optimizer keeps in its state (moments and step counts;

@@ -9,10 +9,11 @@ from ..errors import SparsenetsError, choice_error
 from .base import Method
 from .methods import CTRE, MEST, SET, SNFS, RigL, Static
 from .pruning import GMP, GraNet
+from .seft import SEFT
 
 #: Method classes by their CLI/recipe name.
 METHODS: dict[str, type[Method]] = {
-    cls.name: cls for cls in (Static, SET, RigL, SNFS, MEST, CTRE, GMP, GraNet)
+    cls.name: cls for cls in (Static, SET, RigL, SNFS, MEST, CTRE, GMP, GraNet, SEFT)
 }
 
 

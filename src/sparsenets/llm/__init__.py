@@ -14,6 +14,13 @@ Needs the ``llm`` extra (``pip install 'sparsenets[llm]'``). Typical use::
     dense = load_causal_lm("smollm2-135m")
     result = recover(dense, calibration_batches(tok, 128, 512), initial="wanda", sparsity=0.7)
 
+    # Fine-tune the pruned model on a third novel while its topology evolves (SEFT), the
+    # per-row counts exact after every step:
+    from sparsenets.llm.data import training_tokens
+    tuned = finetune(dense, training_tokens(tok), result.masks, "seft",
+                     options=FinetuneOptions(steps=100), eval_windows=eval_windows(tok, 256, 32))
+    tuned.evals                 # [(step, held-out perplexity)], before and after
+
 Nothing is imported from transformers until a model is loaded.
 """
 
@@ -22,6 +29,8 @@ from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
 from .data import calibration_batches, eval_windows, load_novel
 from .dsnot import DSnoTOptions, dsnot_keep_mask
+from .finetune import FINETUNE_METHODS, FinetuneOptions, FinetuneResult, finetune
+from .finetune_pipeline import finetune_pretrained
 from .export import (
     layer_sparsity,
     load_pruned_masks,
@@ -45,6 +54,11 @@ from .stats import GramStats, InputNormStats
 
 __all__ = [
     "ALLOCATIONS",
+    "FINETUNE_METHODS",
+    "FinetuneOptions",
+    "FinetuneResult",
+    "finetune",
+    "finetune_pretrained",
     "CalibrationProtocol",
     "EvalProtocol",
     "evaluate_pretrained",

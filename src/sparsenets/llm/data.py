@@ -13,8 +13,10 @@ Protocol (fixed, so results are comparable across runs and methods):
 * Evaluation: *Emma* (a different novel: disjoint from calibration). Non-overlapping consecutive
   windows of ``seq_len`` tokens from the start of the text; ``n_windows`` (default: all
   complete windows). Defaults: ``seq_len`` 512 (CPU), 128 calibration samples, seed 0.
-* A plain text file given as ``source`` replaces the corpus: calibration windows come from its
-  first 80 % of tokens, evaluation windows from the last 20 % (disjoint).
+* Fine-tuning (recovery of a pruned model): *Mansfield Park*, a third novel, used neither for
+  calibration nor for evaluation.
+* A plain text file given as ``source`` replaces the corpus: calibration windows (and fine-tuning
+  text) come from its first 80 % of tokens, evaluation windows from the last 20 % (disjoint).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from ..errors import SparsenetsError, choice_error
 
 CALIBRATION_NOVELS = ("prideprejudice", "sensesensibility")
 EVAL_NOVEL = "emma"
+TRAIN_NOVEL = "mansfieldpark"  # fine-tuning text: neither calibration nor evaluation
 NOVELS = ("emma", "mansfieldpark", "northangerabbey", "persuasion", "prideprejudice", "sensesensibility")
 SPLIT = 0.8  # plain-text sources: calibration from the first 80 % of tokens, evaluation from the rest
 _RDATA = Path("usr/lib/R/site-library/janeaustenr/data")
@@ -169,6 +172,14 @@ def calibration_tokens(tokenizer, source: str | Path | None = None) -> torch.Ten
         return torch.cat([_tokens(tokenizer, load_novel(n)) for n in CALIBRATION_NOVELS])
     ids = _tokens(tokenizer, read_source(source))
     return ids[: int(SPLIT * ids.numel())]
+
+
+def training_tokens(tokenizer, source: str | Path | None = None) -> torch.Tensor:
+    """(n,) token ids of the fine-tuning text: *Mansfield Park*, or the first 80 % of ``source``
+    (the part evaluation never reads)."""
+    if source is None:
+        return _tokens(tokenizer, load_novel(TRAIN_NOVEL))
+    return calibration_tokens(tokenizer, source)
 
 
 def eval_tokens(tokenizer, source: str | Path | None = None) -> torch.Tensor:

@@ -103,8 +103,9 @@ def save_pruned(model: nn.Module, directory: str | Path, info: dict[str, Any], *
     Args:
         model: a Hugging Face causal LM (pruned in place by :func:`.prune.prune`).
         directory: output directory; it must not exist or be empty unless ``overwrite``.
-        info: JSON-serializable facts to record (method, sparsity, protocol, …); the measured
-            per-layer sparsity (``layers``) and overall figures (``summary``) are added here.
+        info: JSON-serializable facts to record (method, sparsity, protocol, …); the per-layer
+            sparsity (``layers``: of the masks when given, else the share of zero weights) and
+            overall figures (``summary``, zeros counted) are added here.
         tokenizer: saved beside the model when given, so the directory is self-contained.
         masks: the keep masks of every prunable layer (``PruneResult.masks``), written to
             ``masks.safetensors``; checked first: the weights must be 0 wherever a mask is False.
@@ -123,8 +124,10 @@ def save_pruned(model: nn.Module, directory: str | Path, info: dict[str, Any], *
         record["structure"] = str(parse_structure(structure))
     mask_state = _mask_state(model, masks) if masks is not None else None  # validates the names first
     record["summary"] = sparsity_summary(model)
-    pruned = None if masks is None else [name.removesuffix(".weight") for name in masks]
-    record["layers"] = layer_sparsity(model, pruned)
+    if masks is None:
+        record["layers"] = layer_sparsity(model)
+    else:  # the masks' own sparsity: a kept weight may be exactly 0 (e.g. grown at 0 and not yet moved)
+        record["layers"] = {name.removesuffix(".weight"): 1.0 - masks.nnz(name) / masks.numel(name) for name in masks}
     linears = {n: m for n, m in get_adapter(model).prunable_linears(model).items() if n in record["layers"]}
     transposed = sorted(name for name, layer in linears.items() if is_transposed(layer))
     if transposed:  # Conv1D: weight and mask stored (in, out); rows are checked on the transpose
