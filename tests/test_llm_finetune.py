@@ -260,3 +260,45 @@ def test_finetune_llm_cli_errors(capsys, tmp_path, model_dir):
     code, _, err = cli(capsys, "finetune-llm", "--model", pruned_dir, "--steps", 2, "--out", tmp_path / "y",
                        "--resume", "--data", text, "--quiet")
     assert code == 2 and "nothing to resume" in err
+
+
+def test_structure_is_read_from_the_masks_when_not_given():
+    from sparsenets.llm.finetune import infer_structure
+
+    g = torch.Generator().manual_seed(0)
+    assert infer_structure({"a": nm_mask(3, 4, 2, 4, g), "b": nm_mask(5, 2, 2, 4, g)}) == "2:4"
+    assert infer_structure({"a": nm_mask(3, 2, 4, 8, g)}) == "4:8"
+    assert infer_structure({"a": torch.rand(4, 16, generator=g) < 0.5}) == "unstructured"
+    assert infer_structure({"a": nm_mask(3, 4, 2, 4, g).t().contiguous()}, transposed=("a",)) == "2:4"
+
+
+def test_seft_runs_as_a_dst_method_on_any_model(make_mlp):
+    """``method="seft"`` in DynamicSparsity: rows keep their counts through updates."""
+    from sparsenets import DynamicSparsity
+
+    model = make_mlp((8, 16, 4), 0)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    sparsifier = DynamicSparsity(model, optimizer, density=0.5, total_steps=8, method="seft", distribution="uniform",
+                                 update_every=2, grow_fraction=0.5)
+    counts = {n: m.sum(1).clone() for n, m in sparsifier.masks.items()}
+    start = {n: m.clone() for n, m in sparsifier.masks.items()}
+    x, y = torch.randn(32, 8, generator=torch.Generator().manual_seed(1)), torch.randint(0, 4, (32,))
+    for _ in range(8):
+        optimizer.zero_grad()
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        sparsifier.step()
+        assert all(torch.equal(m.sum(1), counts[n]) for n, m in sparsifier.masks.items())
+    assert any(not torch.equal(m, start[n]) for n, m in sparsifier.masks.items())
+
+
+def test_report_shows_the_recovery_steps(capsys, tmp_path, model_dir):
+    directory, text = model_dir
+    pruned_dir, out = tmp_path / "pruned", tmp_path / "tuned"
+    assert cli(capsys, *prune_args(directory, text, pruned_dir, "--recover", "dsnot"))[0] == 0
+    code, _, err = cli(capsys, "finetune-llm", "--model", pruned_dir, "--data", text, "--steps", 4, "--seq-len", 16,
+                       "--method", "masked", "--eval-text", text, "--eval-windows", 2, "--eval-seq-len", 16,
+                       "--out", out, "--quiet")
+    assert code == 0, err
+    code, stdout, err = cli(capsys, "report", out)
+    assert code == 0, err
+    assert "recovery   dsnot (" in stdout and "then masked fine-tuning, 4 steps, perplexity" in stdout

@@ -377,12 +377,26 @@ def _report_pruned(directory: str, *, as_json: bool) -> int:
         f"structure {info.get('structure', '?')}, allocation {info.get('allocation', '?')}",
         f"sparsity   {info.get('summary', {}).get('prunable_sparsity', float('nan')):.4f} of the pruned layers"
         + (f"; perplexity {perplexity:.3f}" if perplexity is not None else ""),
-        "FLOPs below count one token (one position per Linear)",
-        "",
-        str(result),
     ]
+    steps = [_recovery_text(step) for step in info.get("recovery") or []]
+    if steps:
+        lines.append("recovery   " + "; then ".join(steps))
+    lines += ["FLOPs below count one token (one position per Linear)", "", str(result)]
     print("\n".join(lines))
     return 0
+
+
+def _recovery_text(step: dict) -> str:
+    """One recovery step of ``sparsity.json`` in words (DSnoT's swaps, or a fine-tuning run)."""
+    if "swaps_total" in step:
+        return f"{step['method']} ({step['swaps_total']} swaps)"
+    text = f"{step.get('method', '?')} fine-tuning, {step.get('steps', '?')} steps"
+    if step.get("topology_updates"):
+        text += f", {100 * step.get('mask_change', 0):.2f}% of the mask changed"
+    ppl = step.get("perplexity") or []
+    if len(ppl) >= 2:
+        text += f", perplexity {ppl[0]['value']:.2f} -> {ppl[-1]['value']:.2f}"
+    return text
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:

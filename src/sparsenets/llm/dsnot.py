@@ -86,9 +86,10 @@ class DSnoTOptions:
 class InputMomentStats(_Accumulator):
     """First and second moments of a layer's inputs, per feature (float64), for DSnoT.
 
-    ``batch_statistic(x)`` is the (2, in) stack of Σx and Σx² over the batch's tokens; the
-    number of sequences is counted alongside (``n_sequences``: the leading dim of a (B, T, in)
-    input, 1 for a (T, in) one). ``finalize()`` returns a :class:`InputMoments`.
+    ``batch_statistic(x)`` is the (3, in) stack of Σx, Σx² and Σ_sequences (Σ_t x)²/T over the
+    batch's tokens (the last gives the within-sequence variance); the number of sequences is
+    counted alongside (``n_sequences``: the leading dims of a (B, T, in) input, 1 for a (T, in)
+    one). ``finalize()`` returns a :class:`InputMoments`.
     """
 
     def __init__(self, in_features: int):
@@ -96,10 +97,13 @@ class InputMomentStats(_Accumulator):
         self.n_sequences = 0
 
     def batch_statistic(self, x: torch.Tensor) -> torch.Tensor:
-        """(2, in) float64: Σ_t x_t and Σ_t x_t² of one batch."""
+        """(3, in) float64: Σ_t x_t, Σ_t x_t² and Σ_s (Σ_{t in s} x_t)² / T of one batch
+        (sequences s of T tokens: the second-to-last dim of ``x``)."""
         rows = self._rows(x)
         rows = rows if rows.dtype == torch.float64 else rows.float()
-        return torch.stack((rows.sum(0), rows.square().sum(0))).double()
+        length = x.shape[-2] if x.dim() >= 2 else 1
+        sequence_sums = rows.reshape(-1, length, self.in_features).sum(1)  # (sequences, in)
+        return torch.stack((rows.sum(0), rows.square().sum(0), sequence_sums.square().sum(0) / length)).double()
 
     def add_input(self, statistic: torch.Tensor, x: torch.Tensor) -> None:
         super().add_input(statistic, x)
@@ -108,9 +112,10 @@ class InputMomentStats(_Accumulator):
     def finalize(self) -> InputMoments:
         if self.total is None or self.n_tokens == 0:
             raise SparsenetsError("DSnoT needs calibration inputs: no tokens reached this layer")
-        total, squares = self.total
-        mean = total / self.n_tokens
-        var = (squares / self.n_tokens - mean.square()).clamp_min(0.0)
+        total, squares, sequence_squares = self.total
+        # the within-sequence variance, averaged over sequences by their tokens (the reference's
+        # running average of each calibration sequence's variance)
+        var = ((squares - sequence_squares) / self.n_tokens).clamp_min(0.0)
         return InputMoments(token_sum=(total / max(self.n_sequences, 1)).float(), var=var.float(),
                             norm=squares.sqrt().float())
 
@@ -126,7 +131,8 @@ class InputMoments:
 
     Attributes:
         token_sum: ``s_j = Σ_t x_tj / n_sequences``.
-        var: ``Var[x_j]`` over all calibration tokens.
+        var: ``Var[x_j]``: each calibration sequence's variance over its tokens, averaged over the
+            sequences (weighted by tokens), as the reference accumulates it.
         norm: ``‖X_j‖₂`` over all calibration tokens (Wanda's statistic).
     """
 
