@@ -97,7 +97,10 @@ def run_prune(run: dict, args, data) -> dict:
 
     setting = SETTINGS[run["setting"]]
     model = load_causal_lm(MODEL)
-    dsnot = {"dsnot": None, "dsnot-all": DSnoTOptions(skip=None)}.get(run["variant"], None)
+    knobs = {"var_power": args.dsnot_var_power, "threshold": args.dsnot_threshold,
+             "same_sign": not args.dsnot_no_same_sign}
+    dsnot = {"dsnot": DSnoTOptions(**knobs),
+             "dsnot-all": DSnoTOptions(skip=None, **knobs)}.get(run["variant"], None)
     recover = "dsnot" if run["variant"].startswith("dsnot") else None
     start = time.perf_counter()
     result = prune(model, data["calibration"], method=run["method"], sparsity=setting["sparsity"],
@@ -260,7 +263,10 @@ def run_one(run: dict, args) -> dict:
            "--steps", str(args.steps), "--lr", str(args.lr), "--lora-lr", str(args.lora_lr),
            "--batch-size", str(args.batch_size), "--seq-len", str(args.seq_len), "--seed", str(args.seed),
            "--update-every", str(args.update_every), "--grow-fraction", str(args.grow_fraction),
-           "--calib-dtype", args.calib_dtype] + (["--dsnot-all-everywhere"] if args.dsnot_all_everywhere else [])
+           "--calib-dtype", args.calib_dtype, "--dsnot-var-power", str(args.dsnot_var_power),
+           "--calib-samples", str(args.calib_samples), "--dsnot-threshold", str(args.dsnot_threshold)]
+    cmd += ["--dsnot-all-everywhere"] if args.dsnot_all_everywhere else []
+    cmd += ["--dsnot-no-same-sign"] if args.dsnot_no_same_sign else []
     env = dict(os.environ, TOKENIZERS_PARALLELISM="false")
     log = work / f"{run['id']}.log"
     with open(log, "w") as handle:
@@ -317,6 +323,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grow-fraction", type=float, default=0.05)
     parser.add_argument("--calib-samples", type=int, default=32)
     parser.add_argument("--calib-dtype", default="auto", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument("--dsnot-var-power", type=float, default=1.0,
+                        help="DSnoT's variance power in its grow score (default 1, the reference's)")
+    parser.add_argument("--dsnot-threshold", type=float, default=0.1, help="DSnoT's update threshold (default 0.1)")
+    parser.add_argument("--dsnot-no-same-sign", action="store_true",
+                        help="DSnoT without the sign condition (what the reference's unstructured path runs)")
     parser.add_argument("--dsnot-all-everywhere", action="store_true",
                         help="run DSnoT on every layer at every setting (default: at 70%% only)")
     parser.add_argument("--eval-windows", type=int, default=16)
@@ -378,7 +389,8 @@ def main(argv: list[str] | None = None) -> int:
                      "training": f"{args.steps} steps x {args.batch_size} windows x {args.seq_len} tokens of "
                                  f"Mansfield Park, lr {args.lr} (LoRA {args.lora_lr}), warm-up 10% then cosine",
                      "seft": {"update_every": args.update_every, "grow_fraction": args.grow_fraction},
-                     "tag": args.tag}
+                     "dsnot_var_power": args.dsnot_var_power,
+                     "dsnot_threshold": args.dsnot_threshold, "dsnot_same_sign": not args.dsnot_no_same_sign, "tag": args.tag}
     if previous is not None:  # the first run's protocol stays; each update says what it changed
         protocol = previous["protocol"] | {"updates": previous["protocol"].get("updates", []) + [
             {**protocol, "ids": [r["id"] for r in runs(args)]}]}

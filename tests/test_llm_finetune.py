@@ -302,3 +302,17 @@ def test_report_shows_the_recovery_steps(capsys, tmp_path, model_dir):
     code, stdout, err = cli(capsys, "report", out)
     assert code == 0, err
     assert "recovery   dsnot (" in stdout and "then masked fine-tuning, 4 steps, perplexity" in stdout
+
+
+def test_lean_optimizer_equals_adamw_on_a_fixed_mask():
+    """Fixed-mask fine-tuning of the tiny decoder: LeanAdamW's weights are AdamW's, bit for bit."""
+    runs = {}
+    for kind in ("lean-adamw", "adamw"):
+        model, masks = pruned()
+        result = finetune(model, TRAIN, masks, "masked", options=options(steps=5, optimizer=kind, weight_decay=0.01),
+                          progress=False)
+        runs[kind] = ({n: p.detach().clone() for n, p in model.named_parameters()}, result.optimizer_state_bytes)
+    (lean, lean_bytes), (plain, plain_bytes) = runs["lean-adamw"], runs["adamw"]
+    for name in plain:
+        assert torch.equal(lean[name], plain[name]), name
+    assert lean_bytes < plain_bytes
