@@ -14,7 +14,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Sparse CSR tensor support is in 
 
 TOL = {torch.float32: 1e-5, torch.float64: 1e-10}
 DTYPES = [torch.float32, torch.float64]
-WIDTHS = list(kernels.PATHS.values())  # both vector paths run on every machine (see kernels.py)
+WIDTHS = [*kernels.NARROW_WIDTHS, *kernels.PATHS.values()]  # every width runs on every machine
 
 
 @pytest.fixture(scope="module")
@@ -390,6 +390,35 @@ def test_no_grad_batch_one_uses_spmv_and_equals_the_training_path(lib, monkeypat
     assert len(calls) == 1 and batched.shape == (4, 30)
     trained = layer(x)  # with grad: the autograd path
     torch.testing.assert_close(served, trained.detach(), atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype, n, plan_width, expected", [
+    (torch.float32, 2, 64, 16), (torch.float32, 4, 64, 16), (torch.float32, 5, 64, 32),
+    (torch.float32, 8, 64, 32), (torch.float32, 9, 64, 64), (torch.float32, 300, 64, 64),
+    (torch.float32, 8, 32, 32), (torch.float32, 12, 32, 32), (torch.float64, 2, 64, 16),
+    (torch.float64, 3, 64, 32), (torch.float64, 5, 64, 64),
+])
+def test_inference_width_is_the_narrowest_that_holds_the_batch(dtype, n, plan_width, expected):
+    assert kernels.inference_width(n, dtype, plan_width) == expected
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_no_grad_small_batches_equal_dense_on_every_width(lib, dtype, monkeypatch):
+    torch.manual_seed(3)
+    mask = torch.rand(70, 90) < 0.15
+    dense = torch.nn.Linear(90, 70).to(dtype)
+    layer = SparseLinear.from_dense(dense, mask)
+    widths = []
+    real = kernels.spmm
+    monkeypatch.setattr(kernels, "spmm", lambda *a, **k: widths.append(k["width"]) or real(*a, **k))
+    for n in range(2, 21):
+        x = torch.randn(n, 90, dtype=dtype)
+        with torch.no_grad():
+            expected = torch.nn.functional.linear(x.double(), dense.weight.double() * mask, dense.bias.double())
+            _close_to(layer(x), expected, dtype)
+    plan_width = kernels.plan(lib).spmm
+    assert widths == [kernels.inference_width(n, dtype, plan_width) for n in range(2, 21)]
+    assert widths[0] == 16  # batch 2 on the narrow kernels, whatever the plan
 
 
 def test_fuse_relu_keeps_the_function_and_the_indices():

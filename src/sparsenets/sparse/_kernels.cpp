@@ -5,7 +5,8 @@
 //
 // Every kernel exists in two vector widths, chosen at run time by the caller: W = 64 bytes
 // (AVX-512: 16 floats a register, 32 registers) and W = 32 bytes (AVX2: 8 floats, 16
-// registers). Both are compiled on every machine; on a CPU without AVX-512 the compiler splits
+// registers); a narrow one, W = 16 bytes (4 floats), serves inference on batches of 2-4, which
+// the wide paths would pad to 8 or 16 lanes. Both are compiled on every machine; on a CPU without AVX-512 the compiler splits
 // a 64-byte vector into two 32-byte halves, so the wide path stays correct there (and is
 // tested there) but the caller picks it only where the CPU has the registers.
 //
@@ -457,7 +458,7 @@ void gather(const T* vals, const int64_t* perm, int64_t n, T* out, int nt) {
 
 extern "C" {
 
-int sn_abi_version() { return 5; }
+int sn_abi_version() { return 6; }
 
 int sn_openmp() {
 #ifdef _OPENMP
@@ -510,6 +511,7 @@ int sn_avx512() {
     SN_SDDMM(W, f32_i64, float, int64_t)             \
     SN_SDDMM(W, f64_i32, double, int32_t)            \
     SN_SDDMM(W, f64_i64, double, int64_t)
+SN_WIDTH(16)
 SN_WIDTH(32)
 SN_WIDTH(64)
 

@@ -163,9 +163,10 @@ def sparse_linear(
             y2 = kernels.spmv(lib, crow, col, values, bias, x2, relu=relu)
         else:
             pl, tile = kernels.layer_plan(lib, in_features, out_features, values.numel(), x.dtype)
-            xp, _ = kernels.pack(lib, x2, tile, width=pl.pack)
+            width = kernels.inference_width(x2.shape[0], x.dtype, pl.spmm)  # no padded lanes
+            xp, _ = kernels.pack(lib, x2, tile, width=width)
             y2 = kernels.spmm(
-                lib, crow, col, values, None, bias, xp, x2.shape[0], tile, relu=relu, width=pl.spmm
+                lib, crow, col, values, None, bias, xp, x2.shape[0], tile, relu=relu, width=width
             )
     else:
         y2 = SparseLinearFunction.apply(
