@@ -224,7 +224,7 @@ def test_lean_optimizer_is_used_for_sparse_methods(monkeypatch):
 
 
 @pytest.mark.parametrize(("prune_extra", "structure"), [(("--sparsity", "0.5"), "unstructured"), (("--nm", "2:4"), "2:4")])
-def test_finetune_llm_cli_saves_a_sparse_transformers_model(capsys, tmp_path, model_dir, prune_extra, structure):
+def test_finetune_llm_cli_saves_a_sparse_transformers_model(capsys, tmp_path, model_dir, prune_extra, structure):  # noqa: F811
     directory, text = model_dir
     pruned_dir, out = tmp_path / "pruned", tmp_path / "tuned"
     code, _, err = cli(capsys, *prune_args(directory, text, pruned_dir, *prune_extra))
@@ -251,7 +251,7 @@ def test_finetune_llm_cli_saves_a_sparse_transformers_model(capsys, tmp_path, mo
         assert torch.equal(mask.sum(1), original[name].sum(1))
 
 
-def test_finetune_llm_cli_errors(capsys, tmp_path, model_dir):
+def test_finetune_llm_cli_errors(capsys, tmp_path, model_dir):  # noqa: F811
     directory, text = model_dir
     code, _, err = cli(capsys, "finetune-llm", "--model", directory, "--steps", 2, "--out", tmp_path / "x", "--quiet")
     assert code == 2 and "not a pruned model directory" in err and "Traceback" not in err
@@ -291,7 +291,7 @@ def test_seft_runs_as_a_dst_method_on_any_model(make_mlp):
     assert any(not torch.equal(m, start[n]) for n, m in sparsifier.masks.items())
 
 
-def test_report_shows_the_recovery_steps(capsys, tmp_path, model_dir):
+def test_report_shows_the_recovery_steps(capsys, tmp_path, model_dir):  # noqa: F811
     directory, text = model_dir
     pruned_dir, out = tmp_path / "pruned", tmp_path / "tuned"
     assert cli(capsys, *prune_args(directory, text, pruned_dir, "--recover", "dsnot"))[0] == 0

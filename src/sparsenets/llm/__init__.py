@@ -29,8 +29,6 @@ from .adapters import DecoderAdapter, get_adapter
 from .calibrate import sequential_calibration
 from .data import calibration_batches, eval_windows, load_novel
 from .dsnot import DSnoTOptions, dsnot_keep_mask
-from .finetune import FINETUNE_METHODS, FinetuneOptions, FinetuneResult, finetune
-from .finetune_pipeline import finetune_pretrained
 from .export import (
     layer_sparsity,
     load_pruned_masks,
@@ -38,6 +36,8 @@ from .export import (
     save_pruned,
     sparsity_summary,
 )
+from .finetune import FINETUNE_METHODS, FinetuneOptions, FinetuneResult, finetune
+from .finetune_pipeline import finetune_pretrained
 from .methods import METHODS, LayerPruner, nm_keep_mask, row_keep_mask, wanda_scores
 from .models import KNOWN_MODELS, load_causal_lm, load_tokenizer, resolve_model_dir
 from .perplexity import perplexity

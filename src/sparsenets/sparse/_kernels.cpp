@@ -5,10 +5,11 @@
 //
 // Every kernel exists in two vector widths, chosen at run time by the caller: W = 64 bytes
 // (AVX-512: 16 floats a register, 32 registers) and W = 32 bytes (AVX2: 8 floats, 16
-// registers); a narrow one, W = 16 bytes (4 floats), serves inference on batches of 2-4, which
-// the wide paths would pad to 8 or 16 lanes. Both are compiled on every machine; on a CPU without AVX-512 the compiler splits
-// a 64-byte vector into two 32-byte halves, so the wide path stays correct there (and is
-// tested there) but the caller picks it only where the CPU has the registers.
+// registers); a narrow one, W = 16 bytes (4 floats), serves no-grad batches of 2-4, which the
+// wide paths would pad to 8 or 16 lanes. All are compiled on every machine; on a CPU without
+// AVX-512 the compiler splits a 64-byte vector into two 32-byte halves, so the wide path stays
+// correct there (and is tested there) but the caller picks it only where the CPU has the
+// registers.
 //
 // The batch dimension is the vector dimension. An activation X (N, C) is first packed
 // feature-major: xt (C, ld), ld = N rounded up to the vector width, pad columns zero, cut into
