@@ -62,6 +62,7 @@ _SUFFIX = {torch.float32: "f32", torch.float64: "f64"}
 _ISUFFIX = {torch.int32: "i32", torch.int64: "i64"}
 PATHS = {"avx512": 64, "avx2": 32}  # vector path -> vector bytes
 NARROW_WIDTHS = (16,)  # vector bytes of the narrow kernels, for small-batch inference
+WIDTHS = tuple(sorted((*NARROW_WIDTHS, *PATHS.values())))  # every compiled width, narrowest first
 # A panel (the rows one kernel pass reads at random) fills this much of the L2 cache; below
 # SPARSE_PANEL_DENSITY each row is reused so little per pass that fewer, wider passes win.
 PANEL_L2_FRACTION = 0.5
@@ -179,7 +180,7 @@ class _Library:
                 f = getattr(self.dll, f"sn_spmv_{t}_{i}")
                 f.argtypes, f.restype = [i64, p, p, p, p, p, p, i32, i32], None
                 self.fn["spmv", t, i] = f
-            for w in (*NARROW_WIDTHS, *PATHS.values()):
+            for w in WIDTHS:
                 f = getattr(self.dll, f"sn_pack_w{w}_{t}")
                 f.argtypes, f.restype = [p, p, i64, i64, i64, i64, p, i64, i64, p, i32], None
                 self.fn["pack", w, t] = f
@@ -356,7 +357,7 @@ def inference_width(n: int, dtype: torch.dtype, plan_width: int) -> int:
     Intel Xeon (AVX-512), one 4096 x 4096 layer at 90-99%: 16 bytes for batch 2-4 and 32 for 8
     were 5-25% faster than 64; 8-byte vectors were slower than 16 and wider batches ran best on
     the plan's width."""
-    for width in sorted((*NARROW_WIDTHS, *PATHS.values())):
+    for width in WIDTHS:
         if width <= plan_width and width // dtype.itemsize >= n:
             return width
     return plan_width
